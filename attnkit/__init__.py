@@ -1,0 +1,50 @@
+"""attnkit: published cross-attention control methods for diffusers pipelines (SD 1.x/2.x, SDXL, Flux).
+
+Quick start::
+
+    import attnkit
+    from attnkit.methods import Observe
+
+    pipe = attnkit.load_pipeline("tiny-sd15")          # or a diffusers folder, a .safetensors file, a hub id
+    result = attnkit.generate(pipe, "a red car and a bird", [Observe(words=["car", "bird"])], seed=0)
+    result.images[0].save("out.png")
+    result.heatmaps().save("maps.png")
+"""
+
+from __future__ import annotations
+
+from . import methods
+from .errors import (
+    AlreadyAttachedError,
+    AttnKitError,
+    ModelLoadError,
+    StepCallbackError,
+    UnsupportedModelError,
+    WordNotFoundError,
+)
+from .layers import LayerInfo
+from .models import family_of, load_pipeline, tiny_pipeline
+from .runtime import Report, Result, Run, attach, generate
+from .steps import StepInfo
+from .version import __version__
+
+__all__ = [
+    "AlreadyAttachedError",
+    "AttnKitError",
+    "LayerInfo",
+    "ModelLoadError",
+    "Report",
+    "Result",
+    "Run",
+    "StepCallbackError",
+    "StepInfo",
+    "UnsupportedModelError",
+    "WordNotFoundError",
+    "__version__",
+    "attach",
+    "family_of",
+    "generate",
+    "load_pipeline",
+    "methods",
+    "tiny_pipeline",
+]

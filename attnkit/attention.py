@@ -1,0 +1,114 @@
+"""Explicit attention probabilities, computed only where a method reads them.
+
+The layer's own processor still computes the layer output (on its fast path: SDPA, xformers, a custom processor);
+these functions recompute the query and key projections of the selected rows and return the softmax probabilities of
+image queries over text keys. On the UNet's cross-attention layers that is ``softmax(q k^T * scale)`` over the text
+tokens; on Flux's joint attention it is the image-query x text-key block of the softmax over all [text; image] keys.
+
+Probabilities are returned averaged over heads, in float32: ``(B, N_query, N_text)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, heads*d) -> (B, heads, N, d)."""
+    b, n, _ = x.shape
+    return x.view(b, n, heads, -1).transpose(1, 2)
+
+
+def unet_cross_attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask=None) -> torch.Tensor:
+    """Head-averaged cross-attention probabilities of a diffusers ``Attention`` layer.
+
+    Args:
+        attn: the ``Attention`` module (an ``attn2``).
+        hidden_states: ``(B, N, C)`` or ``(B, C, H, W)`` queries' input, as given to the processor.
+        encoder_hidden_states: ``(B, T, C_text)`` text states (or an IP-Adapter ``(text, image)`` tuple).
+        attention_mask: the mask given to the processor, if any.
+
+    Returns:
+        ``(B, N, T)`` float32 probabilities; each row sums to 1 over the ``T`` text tokens.
+    """
+    if isinstance(encoder_hidden_states, (tuple, list)):
+        encoder_hidden_states = encoder_hidden_states[0]
+    if hidden_states.ndim == 4:
+        b, c, h, w = hidden_states.shape
+        hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    context = encoder_hidden_states
+    if attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    q = _heads(attn.to_q(hidden_states), attn.heads)
+    k = _heads(attn.to_k(context), attn.heads)
+    if getattr(attn, "norm_q", None) is not None:
+        q = attn.norm_q(q)
+    if getattr(attn, "norm_k", None) is not None:
+        k = attn.norm_k(k)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
+    if attention_mask is not None:
+        batch = hidden_states.shape[0]
+        mask = attn.prepare_attention_mask(attention_mask, k.shape[2], batch)
+        scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1]).float()
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
+def _flux_qk(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
+    """Queries and keys of a Flux attention layer, as its processor builds them: (B, N, heads, d) each."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    if getattr(attn, "fused_projections", False):
+        q, k, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+    else:
+        q, k = attn.to_q(hidden_states), attn.to_k(hidden_states)
+    q = attn.norm_q(q.unflatten(-1, (-1, attn.head_dim)))
+    k = attn.norm_k(k.unflatten(-1, (-1, attn.head_dim)))
+    if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
+        if getattr(attn, "fused_projections", False) and hasattr(attn, "to_added_qkv"):
+            eq, ek, _ = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+        else:
+            eq, ek = attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states)
+        eq = attn.norm_added_q(eq.unflatten(-1, (-1, attn.head_dim)))
+        ek = attn.norm_added_k(ek.unflatten(-1, (-1, attn.head_dim)))
+        q = torch.cat([eq, q], dim=1)
+        k = torch.cat([ek, k], dim=1)
+    if image_rotary_emb is not None:
+        q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+        k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+    return q, k
+
+
+def flux_text_attention_probs(
+    attn, hidden_states, encoder_hidden_states, image_rotary_emb, text_len: int, attention_mask=None
+) -> torch.Tensor:
+    """Head-averaged image-query x text-key probabilities of a Flux joint-attention layer.
+
+    Args:
+        attn: a ``FluxAttention`` of a double-stream (``encoder_hidden_states`` given) or single-stream block
+            (``hidden_states`` already ``[text; image]``).
+        text_len: number of text tokens ``T`` at the front of the joint sequence.
+        attention_mask: additive or boolean mask over the joint keys, if the pipeline passes one.
+
+    Returns:
+        ``(B, N_image, T)`` float32: for each image query, the probability mass on each text key (the row's softmax
+        runs over all text and image keys, so rows sum to at most 1).
+
+    Computed one head at a time, so memory stays at one ``(N_image, T + N_image)`` score block per batch element.
+    """
+    q, k = _flux_qk(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+    q_img = q[:, text_len:]
+    scale = attn.head_dim ** -0.5
+    total = None
+    for h in range(q.shape[2]):
+        scores = torch.matmul(q_img[:, :, h].float(), k[:, :, h].float().transpose(-1, -2)) * scale
+        if attention_mask is not None:
+            m = attention_mask
+            if m.dtype == torch.bool:
+                scores = scores.masked_fill(~m.reshape(m.shape[0], -1, m.shape[-1])[:, -scores.shape[1]:], float("-inf"))
+            else:
+                scores = scores + m.reshape(m.shape[0], -1, m.shape[-1])[:, -scores.shape[1]:].float()
+        part = (scores[..., :text_len] - scores.logsumexp(dim=-1, keepdim=True)).exp()
+        total = part if total is None else total + part
+    return total / q.shape[2]

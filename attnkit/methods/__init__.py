@@ -1,0 +1,22 @@
+"""The attention-control methods, one file each, and the registry of their stable ids."""
+
+from __future__ import annotations
+
+from .base import Controller, Method, MethodReport
+from .observe import Observe, ObserveConfig
+
+#: method id -> Method class. Ids are stable and never renamed once released.
+REGISTRY: dict[str, type[Method]] = {cls.id: cls for cls in (Observe,)}
+
+
+def get_method(method_id: str) -> type[Method]:
+    """The Method class registered under ``method_id``."""
+    from ..errors import AttnKitError
+
+    try:
+        return REGISTRY[method_id]
+    except KeyError:
+        raise AttnKitError(f"unknown method {method_id!r}; available: {', '.join(sorted(REGISTRY))}") from None
+
+
+__all__ = ["Controller", "Method", "MethodReport", "Observe", "ObserveConfig", "REGISTRY", "get_method"]

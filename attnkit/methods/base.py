@@ -1,0 +1,143 @@
+"""What every method is made of.
+
+A :class:`Method` is a configured method: it holds a config dataclass and nothing else, so it can be reused across
+generations and shared as a preset. For each generation the :class:`~attnkit.runtime.Run` asks it for a
+:class:`Controller`, which owns all the state of that one run (stores, masks, losses) and decides what to do with the
+attention events the runtime routes to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from ..errors import AttnKitError, UnsupportedModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..layers import LayerInfo
+    from ..runtime import Run
+    from ..steps import StepInfo
+
+
+@dataclass
+class MethodReport:
+    """What a method reports after a run.
+
+    Attributes:
+        method: the method id.
+        maps: per-word maps, ``{word: (B, h, w) tensor}`` (methods that record maps).
+        losses: per-step loss records (latent-optimising methods).
+        warnings: things the user should know (shown in the UI and the CLI).
+        timings: seconds spent, by phase.
+        data: anything else the method reports (documented by the method).
+    """
+
+    method: str
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    losses: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Controller:
+    """Per-run state and decisions of one method. Subclasses override the hooks they need.
+
+    The runtime calls, in order: :meth:`bind` once the latent size is known; for every step :meth:`begin_step`,
+    then :meth:`on_probs` for each layer in :attr:`prob_layers` while :meth:`wants_step` holds, then
+    :meth:`end_step`; finally :meth:`finish`.
+    """
+
+    def __init__(self, method: "Method", run: "Run"):
+        self.method = method
+        self.config = method.config
+        self.run = run
+        self.report = MethodReport(method.id)
+        #: indices of the layers whose head-averaged text-attention probabilities this method reads.
+        self.prob_layers: frozenset[int] = frozenset()
+        self._seconds = 0.0
+
+    def bind(self, layers: list["LayerInfo"], latent_hw: tuple[int, int]) -> None:
+        """Called when the run learns its latent size; ``layers`` carry their query grids."""
+
+    def wants_step(self, step: "StepInfo") -> bool:
+        """Whether the method reads attention at this step (default: every step)."""
+        return True
+
+    def begin_step(self, step: "StepInfo") -> None:
+        """Called before the denoiser's first call of a step."""
+
+    def on_probs(self, layer: "LayerInfo", step: "StepInfo", probs: torch.Tensor) -> None:
+        """Receives ``(B_cond, N_query, N_text)`` head-averaged probabilities of the conditional branch."""
+
+    def end_step(self, step: "StepInfo") -> None:
+        """Called from the pipeline's step callback after the step's scheduler update."""
+
+    def finish(self) -> None:
+        """Called after a successful run; fill :attr:`report`."""
+
+    def timed(self):
+        """Context manager adding the enclosed time to ``report.timings["attention_s"]``."""
+        return _Timer(self)
+
+
+class _Timer:
+    __slots__ = ("controller", "t0")
+
+    def __init__(self, controller: Controller):
+        self.controller = controller
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        timings = self.controller.report.timings
+        timings["attention_s"] = timings.get("attention_s", 0.0) + time.perf_counter() - self.t0
+        return False
+
+
+class Method:
+    """A configured attention-control method.
+
+    Build it from keyword arguments (``Observe(words=["car"])``) or from a config object
+    (``Observe(ObserveConfig(...))``). Unknown arguments and invalid values raise :class:`~attnkit.AttnKitError`.
+    """
+
+    #: stable preset id, never renamed once released.
+    id: ClassVar[str] = ""
+    #: the config dataclass.
+    config_class: ClassVar[type] = object
+    #: the controller class made for each run.
+    controller_class: ClassVar[type[Controller]] = Controller
+    #: model families the method supports.
+    families: ClassVar[tuple[str, ...]] = ("sd", "sdxl", "flux")
+
+    def __init__(self, config=None, **fields):
+        if config is not None and fields:
+            raise AttnKitError(f"{type(self).__name__}: pass either a config object or keyword arguments, not both")
+        if config is None:
+            names = {f.name for f in dataclasses.fields(self.config_class)}
+            unknown = sorted(set(fields) - names)
+            if unknown:
+                raise AttnKitError(
+                    f"{type(self).__name__} has no option {', '.join(unknown)}; its options are: {', '.join(sorted(names))}"
+                )
+            config = self.config_class(**fields)
+        elif not isinstance(config, self.config_class):
+            raise AttnKitError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def controller(self, run: "Run") -> Controller:
+        """A fresh controller holding this method's state for one run."""
+        if run.family not in self.families:
+            raise UnsupportedModelError(
+                f"{self.id} does not support {run.family} models (it supports: {', '.join(self.families)})"
+            )
+        return self.controller_class(self, run)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"

@@ -1,0 +1,414 @@
+"""The per-call runtime: :class:`Run`, :func:`attach` and :func:`generate`.
+
+A :class:`Run` is made for one generation call and owns all of its state: the token map of the prompt, the layers
+with their query grids, the current step, the methods' controllers and their reports. Nothing lives at module or
+class level, so two generations on two pipelines in two threads cannot interfere.
+
+Lifecycle:
+
+1. :func:`attach` wraps every attention processor of the denoiser in a :class:`~attnkit.processor.LayerProcessor`
+   and registers a forward pre-hook on the denoiser (to read the timestep, latent size and CFG layout of each
+   denoiser call). It restores the very same processor objects in ``finally``, whatever happens.
+2. A step begins at the first denoiser call after the run starts or after the previous step's callback. It ends in
+   :meth:`Run.callback`, which the pipeline calls as ``callback_on_step_end``. Steps are never inferred from layer
+   calls.
+3. On each denoiser call the run decides which layers any active method reads (``readers``); every other layer
+   call goes straight to the original processor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from .attention import flux_text_attention_probs, unet_cross_attention_probs
+from .errors import AlreadyAttachedError, AttnKitError, StepCallbackError
+from .layers import LayerInfo, discover_layers, grid_for
+from .methods.base import Controller, Method, MethodReport
+from .models import denoiser_of, family_of
+from .processor import LayerProcessor
+from .steps import StepInfo
+from .tokens import PromptTokens, prompt_tokens
+
+logger = logging.getLogger("attnkit")
+
+
+@dataclass
+class Report:
+    """Everything a run reports.
+
+    Attributes:
+        methods: ``{method id: MethodReport}``; also reachable as ``report["observe"]``.
+        steps: number of steps run.
+        timings: ``{"total_s": ...}``.
+        warnings: warnings of the run and of every method.
+        grid: the latent size (UNet) or token grid (Flux) the run saw.
+    """
+
+    methods: dict[str, MethodReport] = field(default_factory=dict)
+    steps: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    grid: tuple[int, int] | None = None
+
+    def __getitem__(self, method_id: str) -> MethodReport:
+        try:
+            return self.methods[method_id]
+        except KeyError:
+            raise KeyError(f"no report for {method_id!r}; this run had: {', '.join(self.methods) or 'no methods'}") from None
+
+    def __contains__(self, method_id: str) -> bool:
+        return method_id in self.methods
+
+
+@dataclass
+class _Call:
+    """What the run knows about the denoiser call in progress."""
+
+    cond_rows: slice | None  # batch rows of the conditional branch; None when the call is unconditional only
+    text_len: int
+
+
+def _arg(args: tuple, kwargs: dict, name: str, position: int):
+    if name in kwargs:
+        return kwargs[name]
+    return args[position] if len(args) > position else None
+
+
+class Run:
+    """State of one generation call with attnkit attached.
+
+    Args:
+        pipe: a Stable Diffusion 1.x/2.x, SDXL or Flux diffusers pipeline.
+        methods: configured methods (:mod:`attnkit.methods`); none is allowed (attached-but-idle).
+        prompt: the prompt the pipeline will be called with; required when a method targets words.
+        max_sequence_length: Flux's T5 length, if not the pipeline default (512).
+        on_step: called with each finished :class:`StepInfo` (progress bars).
+    """
+
+    def __init__(
+        self,
+        pipe,
+        methods: Iterable[Method] = (),
+        prompt: str | None = None,
+        max_sequence_length: int | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
+    ):
+        self.pipe = pipe
+        self.family = family_of(pipe)
+        self.denoiser = denoiser_of(pipe)
+        self.prompt = prompt
+        if isinstance(prompt, (list, tuple)):
+            raise AttnKitError(
+                f"attnkit takes one prompt per call, got a list of {len(prompt)}; call once per prompt and use "
+                "num_images_per_prompt for several images"
+            )
+        self.methods = list(methods)
+        ids = [m.id for m in self.methods]
+        for m in self.methods:
+            if not isinstance(m, Method):
+                raise AttnKitError(f"methods must be attnkit.methods objects such as Observe(...), got {m!r}")
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise AttnKitError(f"method {', '.join(dupes)} is given twice; give each method once")
+        self.max_sequence_length = max_sequence_length
+        self._tokens: PromptTokens | None = None
+        self.layers: list[LayerInfo] = discover_layers(self.denoiser)
+        self.latent_hw: tuple[int, int] | None = None
+        self.step: StepInfo | None = None
+        self.on_step = on_step
+        self.report = Report()
+        self.controllers: list[Controller] = [m.controller(self) for m in self.methods]
+        #: per layer index, the controllers reading that layer at the current denoiser call (empty = untouched).
+        self.readers: list[tuple[Controller, ...]] = [()] * len(self.layers)
+        self._next_index = 0
+        self._call: _Call | None = None
+        self._cond_key = None
+        self._saved: dict[str, Any] | None = None
+        self._hook = None
+        self._t0 = 0.0
+
+    # ------------------------------------------------------------------------------------------------ tokens
+
+    @property
+    def tokens(self) -> PromptTokens:
+        """Token maps of the prompt (built on first use)."""
+        if self._tokens is None:
+            if self.prompt is None:
+                raise AttnKitError("this method targets words of the prompt: pass prompt=... to attach()")
+            self._tokens = prompt_tokens(self.pipe, self.prompt, self.family, self.max_sequence_length)
+        return self._tokens
+
+    # ----------------------------------------------------------------------------------------- install/remove
+
+    def install(self) -> None:
+        """Wrap every attention processor and hook the denoiser. Raises if attnkit is already attached."""
+        current = self.denoiser.attn_processors
+        if any(isinstance(p, LayerProcessor) for p in current.values()):
+            raise AlreadyAttachedError(
+                "attnkit is already attached to this pipeline; finish the other `with attnkit.attach(...)` block "
+                "first (one run per pipeline at a time)"
+            )
+        self._saved = dict(current)
+        wrappers = {info.name: LayerProcessor(current[info.name], info, self) for info in self.layers}
+        self.denoiser.set_attn_processor(wrappers)
+        try:
+            self._hook = self.denoiser.register_forward_pre_hook(self._on_denoiser_call, with_kwargs=True)
+        except BaseException:
+            self.denoiser.set_attn_processor(self._saved)
+            raise
+        self._t0 = time.perf_counter()
+
+    def uninstall(self) -> None:
+        """Put back the very same processor objects that were there before :meth:`install`."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self._saved is not None:
+            self.denoiser.set_attn_processor(self._saved)
+            self._saved = None
+
+    def finish(self) -> Report:
+        """Let every controller write its report; called after a successful pipeline call."""
+        self.report.timings["total_s"] = time.perf_counter() - self._t0
+        self.report.steps = self._next_index
+        self.report.grid = self.latent_hw
+        for c in self.controllers:
+            c.finish()
+            self.report.methods[c.method.id] = c.report
+            self.report.warnings.extend(f"{c.method.id}: {w}" for w in c.report.warnings)
+        for w in self.report.warnings:
+            logger.warning(w)
+        return self.report
+
+    # ---------------------------------------------------------------------------------------------- steps
+
+    def callback(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        """The pipeline's ``callback_on_step_end``: ends the current step. Returns ``{}`` (changes nothing)."""
+        if self.step is None or self.step.index != step_index:
+            raise StepCallbackError(
+                f"the pipeline reported the end of step {step_index} but attnkit saw no denoiser call for it; "
+                "pass run.callback as callback_on_step_end to the same pipeline call"
+            )
+        for c in self.controllers:
+            c.end_step(self.step)
+        if self.on_step is not None:
+            self.on_step(self.step)
+        self._next_index = step_index + 1
+        self.step = None
+        self.readers = [()] * len(self.layers)
+        return {}
+
+    def chained_callback(self, user_callback=None):
+        """``callback_on_step_end`` that ends the step, then calls ``user_callback`` (if any) and returns its dict."""
+        if user_callback is None:
+            return self.callback
+
+        def callback(pipe, step_index, timestep, callback_kwargs):
+            self.callback(pipe, step_index, timestep, callback_kwargs)
+            return user_callback(pipe, step_index, timestep, callback_kwargs)
+
+        return callback
+
+    def _count(self) -> int:
+        count = getattr(self.pipe, "_num_timesteps", None)
+        if not count:
+            count = len(getattr(self.pipe.scheduler, "timesteps", ()) or ())
+        return int(count or 1)
+
+    def _on_denoiser_call(self, module, args, kwargs):
+        if self.family == "flux":
+            sample = _arg(args, kwargs, "hidden_states", 0)
+            text = _arg(args, kwargs, "encoder_hidden_states", 1)
+            timestep = _arg(args, kwargs, "timestep", 3)
+            img_ids = kwargs.get("img_ids")
+            if img_ids is not None:
+                ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+                latent_hw = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+            else:
+                side = int(round(sample.shape[1] ** 0.5))
+                latent_hw = (side, sample.shape[1] // side)
+        else:
+            sample = _arg(args, kwargs, "sample", 0)
+            timestep = _arg(args, kwargs, "timestep", 1)
+            text = _arg(args, kwargs, "encoder_hidden_states", 2)
+            latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+        t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
+
+        if self.latent_hw is None:
+            self._bind(latent_hw)
+        elif latent_hw != self.latent_hw:
+            raise AttnKitError(
+                f"the latent size changed within one run ({self.latent_hw} -> {latent_hw}); run attnkit once per "
+                "resolution (e.g. separately for a hires-fix pass)"
+            )
+
+        if self.step is None:
+            self.step = StepInfo(self._next_index, self._count(), t)
+            for c in self.controllers:
+                c.begin_step(self.step)
+        elif t != self.step.timestep:
+            raise StepCallbackError(
+                "the pipeline moved to a new timestep without calling attnkit's step callback; pass "
+                "callback_on_step_end=run.callback to the pipeline call inside `with attnkit.attach(...) as run`"
+            )
+
+        self._call = self._describe_call(sample, text)
+        self._route()
+        return None
+
+    def _describe_call(self, sample: torch.Tensor, text) -> _Call:
+        if isinstance(text, (tuple, list)):
+            text = text[0]
+        text_len = int(text.shape[1]) if torch.is_tensor(text) else 0
+        batch = int(sample.shape[0])
+        if self.family == "flux":
+            # Flux runs true CFG as separate calls: the conditional one comes first in a step, with the prompt
+            # embeddings the pipeline reuses every step; a call with other embeddings is the negative branch.
+            key = (text.data_ptr(), tuple(text.shape)) if torch.is_tensor(text) else None
+            if self._cond_key is None:
+                self._cond_key = key
+            return _Call(slice(0, batch) if key == self._cond_key else None, text_len)
+        cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+        if cfg and batch % 2 == 0:
+            return _Call(slice(batch // 2, batch), text_len)
+        return _Call(slice(0, batch), text_len)
+
+    def _bind(self, latent_hw: tuple[int, int]) -> None:
+        self.latent_hw = latent_hw
+        self.layers = [info.with_grid(grid_for(info, latent_hw)) for info in self.layers]
+        for c in self.controllers:
+            c.bind(self.layers, latent_hw)
+
+    def _route(self) -> None:
+        readers: list[list[Controller]] = [[] for _ in self.layers]
+        if self._call.cond_rows is not None:
+            for c in self.controllers:
+                if c.prob_layers and c.wants_step(self.step):
+                    for index in c.prob_layers:
+                        readers[index].append(c)
+        self.readers = [tuple(r) for r in readers]
+
+    # ------------------------------------------------------------------------------------------- attention
+
+    def read_attention(self, layer: LayerInfo, readers, attn, hidden_states, args: tuple, kwargs: dict) -> None:
+        """Compute the conditional branch's text-attention probabilities of ``layer`` and hand them to ``readers``."""
+        rows = self._call.cond_rows
+        text = _arg(args, kwargs, "encoder_hidden_states", 0)
+        mask = _arg(args, kwargs, "attention_mask", 1)
+        if isinstance(text, (tuple, list)):
+            text = text[0]
+
+        def pick(x):
+            return x[rows] if torch.is_tensor(x) and x.shape[0] == hidden_states.shape[0] else x
+
+        with torch.no_grad():
+            if self.family == "flux":
+                probs = flux_text_attention_probs(
+                    attn, pick(hidden_states), pick(text), kwargs.get("image_rotary_emb"),
+                    self._call.text_len, attention_mask=pick(mask),
+                )
+            else:
+                probs = unet_cross_attention_probs(attn, pick(hidden_states), pick(text), attention_mask=pick(mask))
+        for c in readers:
+            with c.timed():
+                c.on_probs(layer, self.step, probs)
+
+
+@contextlib.contextmanager
+def attach(
+    pipe,
+    methods: Iterable[Method] = (),
+    prompt: str | None = None,
+    max_sequence_length: int | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> Iterator[Run]:
+    """Attach attnkit to ``pipe`` for one pipeline call; restore every processor afterwards, whatever happens.
+
+    Pass ``run.callback`` as the pipeline's ``callback_on_step_end`` (or ``run.chained_callback(your_cb)``)::
+
+        with attnkit.attach(pipe, [Observe(words=["car"])], prompt=prompt) as run:
+            image = pipe(prompt, callback_on_step_end=run.callback).images[0]
+        maps = run.report["observe"].maps
+
+    Raises:
+        AlreadyAttachedError: attnkit is already attached to this pipeline.
+        WordNotFoundError: a method's word is not in ``prompt``.
+    """
+    run = Run(pipe, methods, prompt=prompt, max_sequence_length=max_sequence_length, on_step=on_step)
+    run.install()
+    try:
+        yield run
+    finally:
+        run.uninstall()
+    run.finish()
+
+
+@dataclass
+class Result:
+    """What :func:`generate` returns.
+
+    Attributes:
+        images: the generated PIL images.
+        report: the run's :class:`Report` (per-method maps, losses, warnings, timings).
+        prompt: the prompt.
+        seed: the seed used (``None`` when none was given).
+    """
+
+    images: list
+    report: Report
+    prompt: str
+    seed: int | None = None
+
+    def heatmaps(self, method: str = "observe", index: int = 0):
+        """A labelled grid of the image and each word's heatmap over it (see :func:`attnkit.viz.heatmap_grid`)."""
+        from .viz import heatmap_grid
+
+        report = self.report[method]
+        if not report.maps:
+            raise AttnKitError(f"{method} recorded no maps in this run (see report warnings)")
+        return heatmap_grid(self.images[index], {w: m[index] for w, m in report.maps.items()})
+
+
+def generate(
+    pipe,
+    prompt: str,
+    methods: Iterable[Method] = (),
+    seed: int | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    **pipe_kwargs,
+) -> Result:
+    """Generate with attnkit methods active.
+
+    Args:
+        pipe: an SD 1.x/2.x, SDXL or Flux diffusers pipeline.
+        prompt: the prompt (one string).
+        methods: configured methods, e.g. ``[Observe(words=["car", "bird"])]``; empty gives the plain pipeline.
+        seed: makes the run reproducible (a CPU ``torch.Generator`` seeded with it, so results match across
+            devices); ignored when ``generator`` is passed in ``pipe_kwargs``.
+        on_step: called with each finished :class:`StepInfo`.
+        **pipe_kwargs: passed to the pipeline (``num_inference_steps``, ``guidance_scale``, ``height``...). A
+            ``callback_on_step_end`` of yours is called after attnkit's.
+
+    Returns:
+        :class:`Result` with ``.images`` and ``.report``.
+    """
+    if "prompt" in pipe_kwargs:
+        raise AttnKitError("pass the prompt once, as generate(pipe, prompt, ...)")
+    if seed is not None and "generator" not in pipe_kwargs:
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise AttnKitError(f"seed={seed!r} must be a non-negative integer")
+        pipe_kwargs["generator"] = torch.Generator("cpu").manual_seed(seed)
+    user_callback = pipe_kwargs.pop("callback_on_step_end", None)
+    inputs = getattr(user_callback, "tensor_inputs", None)
+    if inputs is not None and "callback_on_step_end_tensor_inputs" not in pipe_kwargs:
+        pipe_kwargs["callback_on_step_end_tensor_inputs"] = list(inputs)
+    with attach(pipe, methods, prompt=prompt, max_sequence_length=pipe_kwargs.get("max_sequence_length"),
+                on_step=on_step) as run:
+        output = pipe(prompt=prompt, callback_on_step_end=run.chained_callback(user_callback), **pipe_kwargs)
+    return Result(images=list(output.images), report=run.report, prompt=prompt, seed=seed)
