@@ -400,7 +400,9 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
     name = os.fspath(source)
     if name in TINY_NAMES:
         pipe = tiny_pipeline(TINY_NAMES[name])
-        return pipe.to(device=device, dtype=torch_dtype) if (device != "cpu" or dtype is not None) else pipe
+        if device != "cpu" or torch_dtype != torch.float32:
+            pipe = pipe.to(device=device, dtype=torch_dtype)
+        return pipe
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

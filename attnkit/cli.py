@@ -1,0 +1,176 @@
+"""The ``attnkit`` command line.
+
+``attnkit generate``: generate an image with methods active, save it, and save the attention heatmaps.
+``attnkit tokens``: show how a prompt is tokenised (which positions each word takes) for a model.
+
+Bad input exits with status 2 and one readable line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import AttnKitError
+
+logger = logging.getLogger("attnkit")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .methods import REGISTRY
+
+    parser = argparse.ArgumentParser(prog="attnkit", description="Cross-attention control for diffusers pipelines.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p):
+        p.add_argument("--model", default="tiny-sd15",
+                       help="tiny-sd15 | tiny-sdxl | tiny-flux | a diffusers folder | a .safetensors file | a hub id "
+                            "(default: tiny-sd15, built in, offline)")
+        p.add_argument("--config", help="for single-file checkpoints: a diffusers folder or hub id with its configs")
+        p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+        p.add_argument("--dtype", help="float16, bfloat16 or float32 (default: float16 on GPU, float32 on CPU)")
+        p.add_argument("--prompt", required=True, help="the prompt")
+
+    gen = sub.add_parser("generate", help="generate an image, optionally with attention methods and heatmaps")
+    model_args(gen)
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--method", action="append", choices=sorted(REGISTRY), default=[],
+                     help="a method to apply (repeatable)")
+    gen.add_argument("--words", help="comma-separated words/phrases of the prompt the methods target (car,red car)")
+    gen.add_argument("--resolution", type=int, help="observe: query grid side to aggregate maps at")
+    gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20 tiny, 30 otherwise)")
+    gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--out", default="out.png", help="where to save the image (default: out.png)")
+    gen.add_argument("--maps", help="where to save the heatmap grid (needs --method observe)")
+    gen.add_argument("--report", help="where to save a JSON summary of the run")
+
+    tok = sub.add_parser("tokens", help="show the prompt's words and the token positions they take")
+    model_args(tok)
+    return parser
+
+
+def _method_objects(args) -> list:
+    from .methods import get_method
+
+    words = [w.strip() for w in args.words.split(",") if w.strip()] if args.words else None
+    methods = []
+    for method_id in args.method:
+        cls = get_method(method_id)
+        fields = {}
+        if words is not None:
+            fields["words"] = words
+        if method_id == "observe" and args.resolution is not None:
+            fields["resolution"] = args.resolution
+        methods.append(cls(**fields))
+    if words is not None and not methods:
+        raise AttnKitError("--words needs a method to use them; add e.g. --method observe")
+    if args.maps and "observe" not in args.method:
+        raise AttnKitError("--maps needs --method observe (the maps come from it)")
+    return methods
+
+
+def _generate(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .models import TINY_IMAGE_SIZE, is_tiny, load_pipeline
+    from .runtime import generate
+
+    for name in ("steps", "height", "width"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise AttnKitError(f"--{name} must be a positive integer, got {value}")
+    for path in (args.out, args.maps, args.report):
+        if path and not Path(path).expanduser().resolve().parent.is_dir():
+            raise AttnKitError(f"cannot write {path}: its folder does not exist")
+    methods = _method_objects(args)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config)
+    tiny = is_tiny(pipe)
+    kwargs = {"num_inference_steps": args.steps or (20 if tiny else 30)}
+    height = args.height or (TINY_IMAGE_SIZE if tiny else None)
+    width = args.width or (TINY_IMAGE_SIZE if tiny else None)
+    if height:
+        kwargs["height"] = height
+    if width:
+        kwargs["width"] = width
+    if args.cfg is not None:
+        kwargs["guidance_scale"] = args.cfg
+    if args.negative_prompt is not None:
+        kwargs["negative_prompt"] = args.negative_prompt
+    pipe.set_progress_bar_config(disable=True)
+    bar = None
+
+    def on_step(step):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=step.count, desc="attnkit", unit="step")
+        bar.update(1)
+
+    try:
+        result = generate(pipe, args.prompt, methods, seed=args.seed, on_step=on_step, **kwargs)
+    finally:
+        if bar is not None:
+            bar.close()
+    result.images[0].save(args.out)
+    print(f"saved {args.out}")
+    if args.maps:
+        result.heatmaps().save(args.maps)
+        print(f"saved {args.maps}")
+    if args.report:
+        summary = {
+            "prompt": args.prompt, "model": args.model, "seed": args.seed, "steps": result.report.steps,
+            "timings": result.report.timings, "warnings": result.report.warnings,
+            "methods": {
+                mid: {"timings": rep.timings, "warnings": rep.warnings,
+                      "maps": {w: m[0].tolist() for w, m in rep.maps.items()}}
+                for mid, rep in result.report.methods.items()
+            },
+        }
+        Path(args.report).write_text(json.dumps(summary, indent=1))
+        print(f"saved {args.report}")
+    for warning in result.report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _tokens(args) -> int:
+    from .models import family_of, load_pipeline
+    from .tokens import prompt_tokens
+
+    pipe = load_pipeline(args.model, device="cpu", dtype="float32", config=args.config)
+    tokens = prompt_tokens(pipe, args.prompt, family_of(pipe))
+    for name, tmap in tokens.maps.items():
+        mark = " (attention keys)" if name == tokens.key else ""
+        print(f"{tmap.name}{mark}: {tmap.length} tokens, keeps positions up to {tmap.last_kept}")
+        for word in tmap.words:
+            pieces = " ".join(tmap.tokens[p] for p in word.positions)
+            print(f"  {word.text:<20} {list(word.positions)}  {pieces}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``attnkit`` console script; returns the exit status."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return _generate(args) if args.command == "generate" else _tokens(args)
+    except AttnKitError as exc:
+        if args.debug:
+            raise
+        print(f"attnkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attnkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

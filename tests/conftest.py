@@ -1,0 +1,50 @@
+"""Shared fixtures. Everything is offline: tiny random-weight pipelines built from configs, no hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import attnkit  # noqa: E402
+
+#: small settings that still run every layer: 64 px -> 8x8 latent, 3 steps, CFG on.
+FAST = dict(num_inference_steps=3, height=64, width=64)
+
+
+@pytest.fixture(scope="session")
+def sd15():
+    return attnkit.tiny_pipeline("sd15")
+
+
+@pytest.fixture(scope="session")
+def sdxl():
+    return attnkit.tiny_pipeline("sdxl")
+
+
+@pytest.fixture(scope="session")
+def flux():
+    return attnkit.tiny_pipeline("flux")
+
+
+@pytest.fixture(scope="session")
+def pipes(sd15, sdxl, flux):
+    return {"sd15": sd15, "sdxl": sdxl, "flux": flux}
+
+
+def plain(pipe, prompt, seed=0, **kwargs):
+    """The unattached pipeline's images as a float array in [0, 1]."""
+    kwargs = {**FAST, **kwargs}
+    return pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed), output_type="np", **kwargs).images
+
+
+def with_attnkit(pipe, prompt, methods=(), seed=0, **kwargs):
+    kwargs = {**FAST, **kwargs}
+    result = attnkit.generate(pipe, prompt, methods, seed=seed, output_type="np", **kwargs)
+    return np.asarray(result.images), result
