@@ -109,10 +109,10 @@ class Run:
                 "num_images_per_prompt for several images"
             )
         self.methods = list(methods)
-        ids = [m.id for m in self.methods]
         for m in self.methods:
             if not isinstance(m, Method):
                 raise AttnKitError(f"methods must be attnkit.methods objects such as Observe(...), got {m!r}")
+        ids = [m.id for m in self.methods]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise AttnKitError(f"method {', '.join(dupes)} is given twice; give each method once")

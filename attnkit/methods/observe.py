@@ -29,7 +29,8 @@ class ObserveConfig:
 
     Attributes:
         words: words or phrases of the prompt to map, spelled as in the prompt (``"car"``, ``"red car"``,
-            ``"dog#2"`` for the second "dog"). ``None``: every word of the prompt.
+            ``"dog#2"`` for the second "dog"). ``None``: every word of the prompt, a repeated word once per
+            occurrence (``"a#1"``, ``"a#2"``).
         resolution: query grid side (``16``) or ``(h, w)`` to aggregate at; ``None`` picks the coarsest grid that
             still localises (16x16 for SD 1.5 at 512 px, 32x32 for SDXL at 1024 px; Flux has one grid).
         steps: progress windows ``(start, stop)``, fractions of the run's steps; one set of maps per window. The
@@ -65,6 +66,17 @@ class ObserveConfig:
         self.steps = [check_window(w, "observe: steps") for w in self.steps]
 
 
+def _every_word(words: list[str]) -> list[str]:
+    """The prompt's words as queries; a word that occurs several times becomes ``word#1``, ``word#2``..."""
+    lower = [w.lower() for w in words]
+    seen: dict[str, int] = {}
+    queries = []
+    for word, key in zip(words, lower):
+        seen[key] = seen.get(key, 0) + 1
+        queries.append(f"{word}#{seen[key]}" if lower.count(key) > 1 else word)
+    return queries
+
+
 class ObserveController(Controller):
     """Running means of the selected words' attention, per step window. Memory: ``windows x B x h*w x P`` floats
     (``P`` = number of token positions of the words), independent of the step count."""
@@ -72,7 +84,7 @@ class ObserveController(Controller):
     def __init__(self, method, run):
         super().__init__(method, run)
         tokens = run.tokens
-        queries = self.config.words if self.config.words is not None else tokens.words()
+        queries = self.config.words if self.config.words is not None else _every_word(tokens.words())
         if not queries:
             raise AttnKitError(f"observe: the prompt {run.prompt!r} has no words to map")
         self.spans = {q: tokens.find(q) for q in queries}

@@ -1,0 +1,230 @@
+"""The processor runtime on real (tiny) diffusers pipelines: idle identity, restore, lifecycle, threads."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers.callbacks import PipelineCallback
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+import attnkit
+from attnkit import AlreadyAttachedError, StepCallbackError
+from attnkit.methods import Observe
+from attnkit.models import denoiser_of
+from attnkit.processor import LayerProcessor
+
+from ..conftest import FAST, plain, with_attnkit
+
+PROMPT = "a red car and a blue bird"
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
+def test_idle_attach_is_bit_identical(pipes, family):
+    pipe = pipes[family]
+    expected = plain(pipe, PROMPT, seed=3)
+    idle, result = with_attnkit(pipe, PROMPT, seed=3)
+    assert np.array_equal(idle, expected)
+    observed, _ = with_attnkit(pipe, PROMPT, [Observe(words=["car"])], seed=3)
+    assert np.array_equal(observed, expected), "observe only records; the image must not change"
+    assert not np.array_equal(plain(pipe, PROMPT, seed=4), expected), "different seeds must differ (test is live)"
+
+
+def _processors(pipe):
+    return dict(denoiser_of(pipe).attn_processors)
+
+
+def _same_objects(before, after):
+    return before.keys() == after.keys() and all(before[k] is after[k] for k in before)
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+def test_processors_restored_after_normal_run(pipes, family):
+    pipe = pipes[family]
+    before = _processors(pipe)
+    with attnkit.attach(pipe, [Observe(words=["car"])], prompt=PROMPT) as run:
+        during = _processors(pipe)
+        assert all(isinstance(p, LayerProcessor) for p in during.values())
+        assert all(during[k].inner is before[k] for k in before)
+        pipe(PROMPT, callback_on_step_end=run.callback, **FAST)
+    assert _same_objects(before, _processors(pipe))
+    assert run.report["observe"].maps["car"].shape == (1, 4, 4)
+
+
+def test_processors_restored_after_exception_inside_run(sd15):
+    before = _processors(sd15)
+
+    def boom(pipe, i, t, kwargs):
+        raise RuntimeError("user callback failed")
+
+    with pytest.raises(RuntimeError, match="user callback failed"):
+        attnkit.generate(sd15, PROMPT, [Observe()], seed=0, callback_on_step_end=boom, **FAST)
+    assert _same_objects(before, _processors(sd15))
+    assert np.array_equal(with_attnkit(sd15, PROMPT)[0], plain(sd15, PROMPT)), "pipeline still works after"
+
+
+def test_processors_restored_after_keyboard_interrupt(sd15):
+    before = _processors(sd15)
+
+    def ctrl_c(pipe, i, t, kwargs):
+        if i == 1:
+            raise KeyboardInterrupt
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        attnkit.generate(sd15, PROMPT, [Observe()], seed=0, callback_on_step_end=ctrl_c, **FAST)
+    assert _same_objects(before, _processors(sd15))
+
+
+def test_pipeline_interrupt_flag_stops_cleanly(sd15):
+    before = _processors(sd15)
+
+    def stop(pipe, i, t, kwargs):
+        if i == 0:
+            pipe._interrupt = True
+        return {}
+
+    result = attnkit.generate(sd15, PROMPT, [Observe(words=["car"])], seed=0, callback_on_step_end=stop, **FAST)
+    assert _same_objects(before, _processors(sd15))
+    assert result.report.steps == 1
+    assert result.report["observe"].maps["car"].shape == (1, 4, 4)
+
+
+def test_attach_twice_raises_and_keeps_the_first(sd15):
+    before = _processors(sd15)
+    with attnkit.attach(sd15, [], prompt=PROMPT) as run:
+        attached = _processors(sd15)
+        with pytest.raises(AlreadyAttachedError, match="already attached"):
+            with attnkit.attach(sd15, [], prompt=PROMPT):
+                pass
+        assert _same_objects(attached, _processors(sd15)), "the failed second attach must not undo the first"
+        sd15(PROMPT, callback_on_step_end=run.callback, **FAST)
+    assert _same_objects(before, _processors(sd15))
+
+
+def test_bad_word_fails_before_touching_the_pipeline(sd15):
+    before = _processors(sd15)
+    with pytest.raises(attnkit.WordNotFoundError, match="'cat' is not in the prompt"):
+        attnkit.generate(sd15, PROMPT, [Observe(words=["cat"])], seed=0, **FAST)
+    assert _same_objects(before, _processors(sd15))
+
+
+def test_missing_step_callback_is_a_clear_error(sd15):
+    before = _processors(sd15)
+    with pytest.raises(StepCallbackError, match="callback_on_step_end=run.callback"):
+        with attnkit.attach(sd15, [Observe()], prompt=PROMPT):
+            sd15(PROMPT, **FAST)
+    assert _same_objects(before, _processors(sd15))
+
+
+class GainProcessor(AttnProcessor2_0):
+    """A user's custom processor with its own keyword argument (as IP-Adapter's masks or a LoRA scale)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, gain=1.0):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb) * gain
+
+
+class WeightedProcessor(torch.nn.Module):
+    """A processor with weights (an nn.Module, as IP-Adapter's): diffusers keeps it in the module tree."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.9))
+        self.inner = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb) * self.scale
+
+
+def test_custom_processors_and_their_kwargs_survive():
+    pipe = attnkit.tiny_pipeline("sd15")
+    unet = pipe.unet
+    procs = {
+        name: (GainProcessor() if "attn2" in name else WeightedProcessor()) for name in unet.attn_processors
+    }
+    unet.set_attn_processor(procs)
+    before = _processors(pipe)
+    kwargs = dict(cross_attention_kwargs={"gain": 0.5})
+    expected = plain(pipe, PROMPT, **kwargs)
+    assert not np.array_equal(expected, plain(pipe, PROMPT)), "the custom kwarg must matter (test is live)"
+    idle, _ = with_attnkit(pipe, PROMPT, **kwargs)
+    observed, result = with_attnkit(pipe, PROMPT, [Observe(words=["car"])], **kwargs)
+    assert np.array_equal(idle, expected) and np.array_equal(observed, expected)
+    assert _same_objects(before, _processors(pipe))
+    weights = dict(unet.named_parameters())
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.scale" in weights
+
+
+def test_steps_advance_from_the_callback(sd15):
+    seen = []
+    result = attnkit.generate(sd15, PROMPT, [Observe()], seed=0, on_step=seen.append, **FAST)
+    count = len(sd15.scheduler.timesteps)
+    assert [s.index for s in seen] == list(range(count)) and result.report.steps == count
+    assert all(s.count == count for s in seen)
+    assert [s.timestep for s in seen] == [float(t) for t in sd15.scheduler.timesteps]
+    assert seen[0].progress == 0.0 and seen[-1].progress == (count - 1) / count
+
+
+def test_user_callbacks_are_chained(sd15):
+    calls = []
+
+    def mine(pipe, i, t, kwargs):
+        calls.append(i)
+        return {}
+
+    attnkit.generate(sd15, PROMPT, [], seed=0, callback_on_step_end=mine, **FAST)
+    assert calls == list(range(len(sd15.scheduler.timesteps)))
+
+    class Halve(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            return {"latents": callback_kwargs["latents"] * 0.5}
+
+    changed, _ = with_attnkit(sd15, PROMPT, callback_on_step_end=Halve())
+    reference = plain(sd15, PROMPT, callback_on_step_end=Halve())
+    assert np.array_equal(changed, reference) and not np.array_equal(changed, plain(sd15, PROMPT))
+
+
+def test_two_threads_two_pipelines_match_sequential_runs():
+    a, b = attnkit.tiny_pipeline("sd15", seed=1), attnkit.tiny_pipeline("sdxl", seed=2)
+    jobs = {
+        "a": (a, "a red car and a blue bird", [Observe(words=["car"])], 5),
+        "b": (b, "a dog on a green sofa", [Observe(words=["sofa", "dog"], steps=[(0.0, 0.5)])], 6),
+    }
+    sequential = {k: with_attnkit(p, prompt, m, seed=s) for k, (p, prompt, m, s) in jobs.items()}
+    threaded, errors = {}, []
+
+    def work(key):
+        try:
+            pipe, prompt, methods, seed = jobs[key]
+            threaded[key] = with_attnkit(pipe, prompt, methods, seed=seed)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in jobs for _ in range(1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for key in jobs:
+        images, result = threaded[key]
+        ref_images, ref_result = sequential[key]
+        assert np.array_equal(images, ref_images)
+        for word, m in ref_result.report["observe"].maps.items():
+            torch.testing.assert_close(result.report["observe"].maps[word], m, rtol=0, atol=0)
+
+
+def test_generate_input_errors(sd15):
+    with pytest.raises(attnkit.AttnKitError, match="one prompt per call"):
+        attnkit.generate(sd15, ["a", "b"], [Observe()], **FAST)
+    with pytest.raises(attnkit.AttnKitError, match="seed=-1"):
+        attnkit.generate(sd15, PROMPT, [], seed=-1, **FAST)
+    with pytest.raises(attnkit.AttnKitError, match="given twice"):
+        attnkit.generate(sd15, PROMPT, [Observe(), Observe()], **FAST)
+    with pytest.raises(attnkit.AttnKitError, match="attnkit.methods objects"):
+        attnkit.generate(sd15, PROMPT, ["observe"], **FAST)
+    with pytest.raises(attnkit.AttnKitError, match="pass prompt="):
+        with attnkit.attach(sd15, [Observe()]):
+            pass
