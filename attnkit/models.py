@@ -318,6 +318,14 @@ def _resolve_dtype(dtype, device: str) -> torch.dtype:
     raise ModelLoadError(f"dtype={dtype!r} is not understood; use one of float16, bfloat16, float32")
 
 
+def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained`` takes ``dtype`` since diffusers 0.42 (``torch_dtype`` before, now deprecated)."""
+    import diffusers
+    from packaging.version import Version
+
+    return {"dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype": dtype}
+
+
 def _checkpoint_family(path: Path) -> str:
     """Family of a single-file checkpoint, read from its tensor names (no weights are loaded for .safetensors)."""
     if path.suffix == ".safetensors":
@@ -358,11 +366,11 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None):
                     "for the text encoders and VAE (CLI: --config)"
                 )
             transformer = FluxTransformer2DModel.from_single_file(
-                str(path), config=config, subfolder="transformer", torch_dtype=dtype
+                str(path), config=config, subfolder="transformer", **_dtype_kwargs(dtype)
             )
-            return FluxPipeline.from_pretrained(config, transformer=transformer, torch_dtype=dtype)
+            return FluxPipeline.from_pretrained(config, transformer=transformer, **_dtype_kwargs(dtype))
         cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-        kwargs: dict[str, Any] = {"torch_dtype": dtype}
+        kwargs: dict[str, Any] = _dtype_kwargs(dtype)
         if config is not None:
             kwargs["config"] = config
         return cls.from_single_file(str(path), **kwargs)
@@ -413,7 +421,7 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
         from diffusers import DiffusionPipeline
 
         try:
-            pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
+            pipe = DiffusionPipeline.from_pretrained(str(path), **_dtype_kwargs(torch_dtype))
         except Exception as exc:
             raise ModelLoadError(f"could not load the diffusers folder {path}: {exc}") from exc
     elif path.is_file():
@@ -426,7 +434,7 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
         from diffusers import DiffusionPipeline
 
         try:
-            pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=torch_dtype)
+            pipe = DiffusionPipeline.from_pretrained(name, **_dtype_kwargs(torch_dtype))
         except Exception as exc:
             raise ModelLoadError(
                 f"could not load {name!r} from the model hub ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
