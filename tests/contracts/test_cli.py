@@ -1,0 +1,62 @@
+"""The attnkit command: progress, outputs, and one readable line with exit status 2 on bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from attnkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ["generate", "--prompt", "a red car and a blue bird", "--steps", "2", "--height", "64", "--width", "64"]
+
+
+def test_generate_writes_image_maps_and_report(tmp_path, capsys):
+    out, maps, report = tmp_path / "o.png", tmp_path / "m.png", tmp_path / "r.json"
+    code = main(BASE + ["--method", "observe", "--words", "car,blue bird", "--out", str(out), "--maps", str(maps),
+                        "--report", str(report)])
+    assert code == 0
+    assert Image.open(out).size == (64, 64)
+    assert Image.open(maps).size == (3 * 256, 256 + 25)
+    data = json.loads(report.read_text())
+    assert set(data["methods"]["observe"]["maps"]) == {"car", "blue bird"} and data["steps"] == 3
+    captured = capsys.readouterr()
+    assert "attnkit" in captured.err and "step" in captured.err  # the tqdm progress bar
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "observe", "--words", "cat"], "attnkit: error: 'cat' is not in the prompt"),
+        (["--words", "car"], "attnkit: error: --words needs a method"),
+        (["--maps", "m.png"], "attnkit: error: --maps needs --method observe"),
+        (["--model", "/nonexistent/model.safetensors"], "attnkit: error: no such file or folder"),
+        (["--steps", "0"], "attnkit: error: --steps must be a positive integer"),
+        (["--out", "/nonexistent/dir/o.png"], "attnkit: error: cannot write /nonexistent/dir/o.png"),
+        (["--method", "observe", "--resolution", "3"], "attnkit: error: resolution 3x3 has no cross-attention"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(extra, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(BASE + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(message), err
+    assert not any("Traceback" in line for line in err)
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--method", "nope", "--prompt", "x"])
+    assert exit_info.value.code == 2
+
+
+def test_python_dash_m_and_tokens(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnkit", "tokens", "--prompt", "a porcupine, and a red car"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "porcupine            [2, 3, 4]  por cup ine</w>" in proc.stdout

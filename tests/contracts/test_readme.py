@@ -1,0 +1,49 @@
+"""Every example in the README runs, and the README's two commands are what CI and the scripts use."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from attnkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+CLI_LINES = [
+    line.strip()
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    for line in block.splitlines()
+    if line.strip().startswith("attnkit ")
+]
+
+
+def test_readme_has_examples():
+    assert len(PYTHON_BLOCKS) >= 2 and len(CLI_LINES) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
+def test_python_example_runs(index, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(PYTHON_BLOCKS[index], f"README.md python block {index}", "exec"), namespace)
+    if index == 0:
+        assert (tmp_path / "car.png").is_file() and (tmp_path / "car_maps.png").is_file()
+        assert capsys.readouterr().out.strip() == "torch.Size([1, 8, 8]) 1.0"
+    if index == 1:
+        assert set(namespace["maps"]) == {"porcupine", "bird"}
+
+
+@pytest.mark.parametrize("line", CLI_LINES)
+def test_cli_example_runs(line, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(line)[1:]) == 0
+    if "--out" in line:
+        assert (tmp_path / "out.png").is_file() and (tmp_path / "maps.png").is_file()
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert ci[-1].strip() == "bash tools/test.sh"
+    assert "bash tools/test.sh" in README and "bash tools/run.sh" in README
