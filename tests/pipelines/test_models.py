@@ -90,3 +90,16 @@ def test_single_file_family_detection(tmp_path):
         attnkit.load_pipeline(tmp_path / "x.safetensors")
     with pytest.raises(ModelLoadError, match="Flux transformer checkpoint; pass config="):
         attnkit.load_pipeline(tmp_path / "flux.safetensors")
+
+
+def test_load_single_file_checkpoint(sd15, tmp_path):
+    from ..original_format import sd_to_original
+
+    sd15.save_pretrained(tmp_path / "config")
+    save_file(sd_to_original(sd15), str(tmp_path / "tiny-sd15.safetensors"))
+    loaded = attnkit.load_pipeline(tmp_path / "tiny-sd15.safetensors", device="cpu", config=str(tmp_path / "config"))
+    assert type(loaded) is StableDiffusionPipeline
+    for name in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(sd15, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    np.testing.assert_allclose(plain(loaded, "a red car"), plain(sd15, "a red car"), atol=1e-5)

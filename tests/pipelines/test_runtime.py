@@ -202,7 +202,7 @@ def test_two_threads_two_pipelines_match_sequential_runs():
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in jobs for _ in range(1)]
+    threads = [threading.Thread(target=work, args=(k,)) for k in jobs]
     for t in threads:
         t.start()
     for t in threads:
