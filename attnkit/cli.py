@@ -155,9 +155,15 @@ def _tokens(args) -> int:
     return 0
 
 
+def _quiet_image_processor_fallback(record: logging.LogRecord) -> bool:
+    """Drop transformers' note that its image processors fall back to PIL: attnkit uses none of them."""
+    return "falling back to" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``attnkit`` console script; returns the exit status."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    logging.getLogger("transformers.utils.import_utils").addFilter(_quiet_image_processor_fallback)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
     try:

@@ -25,10 +25,10 @@ def colorize(values: torch.Tensor) -> torch.Tensor:
 
 
 def overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.6) -> Image.Image:
-    """``heat`` ``(h, w)`` upsampled (bilinear) to the image, scaled to [0, 1] by its max, blended over ``image``."""
+    """``heat`` ``(h, w)`` upsampled (bilinear) to the image, stretched to [0, 1] (min to max), blended over ``image``."""
     heat = heat.detach().float().cpu()
     up = F.interpolate(heat[None, None], size=(image.height, image.width), mode="bilinear", align_corners=False)[0, 0]
-    up = up / up.max().clamp_min(1e-12)
+    up = (up - up.min()) / (up.max() - up.min()).clamp_min(1e-12)
     base = torch.from_numpy(_rgb_array(image)).float() / 255.0
     mixed = (1 - alpha) * base + alpha * colorize(up)
     return Image.fromarray((mixed * 255).round().clamp(0, 255).to(torch.uint8).numpy())
