@@ -43,11 +43,13 @@ class WordSpan:
         query: the word/phrase as the user wrote it (``"red car"``, ``"dog#2"``).
         positions: sorted token positions of every selected occurrence.
         occurrences: the positions of each selected occurrence separately.
+        chars: the ``(start, end)`` character span of each selected occurrence in the prompt.
     """
 
     query: str
     positions: tuple[int, ...]
     occurrences: tuple[tuple[int, ...], ...]
+    chars: tuple[tuple[int, int], ...] = ()
 
 
 def split_words(text: str) -> list[tuple[str, int, int]]:
@@ -137,7 +139,7 @@ class TokenMap:
             if which > len(found):
                 raise self._not_found(query, f"asks for occurrence {which} but {text!r} occurs {len(found)} time(s) in")
             found = [found[which - 1]]
-        occurrences = []
+        occurrences, chars = [], []
         for i in found:
             first, last = self.words[i], self.words[i + n - 1]
             positions = self._positions_for_chars(first.start, last.end)
@@ -150,8 +152,13 @@ class TokenMap:
                     "prompt or move the word earlier."
                 )
             occurrences.append(positions)
+            chars.append((first.start, last.end))
         positions = tuple(sorted({p for occ in occurrences for p in occ}))
-        return WordSpan(query, positions, tuple(occurrences))
+        return WordSpan(query, positions, tuple(occurrences), tuple(chars))
+
+    def positions_of_chars(self, start: int, end: int) -> tuple[int, ...]:
+        """Token positions covering the characters ``[start, end)`` of the prompt (specials excluded)."""
+        return self._positions_for_chars(start, end)
 
 
 @dataclass
