@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="a method to apply (repeatable)")
     gen.add_argument("--words", help="comma-separated words/phrases of the prompt the methods target (car,red car)")
     gen.add_argument("--resolution", type=int, help="observe: query grid side to aggregate maps at")
+    gen.add_argument("--phrases", help="structured: comma-separated phrases to use instead of the parser")
+    gen.add_argument("--parser", help="structured: rules (default), stanza or spacy")
+    gen.add_argument("--conjunction", action="store_true", default=None,
+                     help="structured: conjunction mode (many keys, one value)")
     gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20 tiny, 30 otherwise)")
     gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the pipeline's)")
     gen.add_argument("--seed", type=int, default=0)
@@ -57,24 +61,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _method_objects(args) -> list:
-    from .methods import get_method
+def _split(text: str | None) -> list[str] | None:
+    return [w.strip() for w in text.split(",") if w.strip()] if text else None
 
-    words = [w.strip() for w in args.words.split(",") if w.strip()] if args.words else None
+
+def _method_objects(args) -> list:
+    """Methods from the command line; each option goes to the selected methods whose config has that field."""
+    import dataclasses
+
+    from .methods import REGISTRY, get_method
+
+    options = {
+        "words": _split(args.words), "resolution": args.resolution, "phrases": _split(args.phrases),
+        "parser": args.parser, "conjunction": args.conjunction,
+    }
+    given = {name: value for name, value in options.items() if value is not None}
+    used: set[str] = set()
     methods = []
     for method_id in args.method:
         cls = get_method(method_id)
-        fields = {}
-        if words is not None:
-            fields["words"] = words
-        if method_id == "observe" and args.resolution is not None:
-            fields["resolution"] = args.resolution
+        names = {f.name for f in dataclasses.fields(cls.config_class)}
+        fields = {name: value for name, value in given.items() if name in names}
+        used.update(fields)
         methods.append(cls(**fields))
-    if words is not None and not methods:
-        raise AttnKitError("--words needs a method to use them; add e.g. --method observe")
+    for name in given.keys() - used:
+        takers = sorted(m for m, cls in REGISTRY.items()
+                        if name in {f.name for f in dataclasses.fields(cls.config_class)})
+        raise AttnKitError(f"--{name} needs --method {' or '.join(takers)}")
     if args.maps and "observe" not in args.method:
         raise AttnKitError("--maps needs --method observe (the maps come from it)")
     return methods
+
 
 
 def _generate(args) -> int:

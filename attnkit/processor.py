@@ -1,9 +1,10 @@
 """The attention processor attnkit installs: a thin router around each layer's own processor.
 
 A :class:`LayerProcessor` wraps the processor a layer already has (SDPA, xformers, IP-Adapter, a LoRA or custom
-processor). On a call that no active method reads it delegates untouched, so an attached-but-idle pipeline gives
+processor). On a call that no active method touches it delegates untouched, so an attached-but-idle pipeline gives
 bit-identical images. Where a method reads probabilities (only on the layers and steps it asked for) the run
 computes them on the side from the same inputs, and the layer output still comes from the original processor.
+Where a method changes the attention itself (keys, values), the run calls that method for the layer's output.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ class LayerProcessor:
         self.__call__ = _signature
 
     def __call__(self, attn, hidden_states, *args, **kwargs):
-        readers = self.run.readers[self.layer.index]
-        if readers:
-            self.run.read_attention(self.layer, readers, attn, hidden_states, args, kwargs)
-        return self.inner(attn, hidden_states, *args, **kwargs)
+        route = self.run.routes[self.layer.index]
+        if route is None:
+            return self.inner(attn, hidden_states, *args, **kwargs)
+        return self.run.routed_call(route, self, attn, hidden_states, args, kwargs)
 
     def __repr__(self) -> str:
         return f"LayerProcessor({self.layer.name}, inner={type(self.inner).__name__})"

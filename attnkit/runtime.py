@@ -66,6 +66,14 @@ class Report:
         return method_id in self.methods
 
 
+@dataclass(frozen=True)
+class _Route:
+    """What happens at one layer during the current denoiser call (``None`` in ``Run.routes`` = untouched)."""
+
+    readers: tuple[Controller, ...]  # read the text-attention probabilities
+    replacer: Controller | None  # computes the layer's output instead of the original processor
+
+
 @dataclass
 class _Call:
     """What the run knows about the denoiser call in progress."""
@@ -124,8 +132,8 @@ class Run:
         self.on_step = on_step
         self.report = Report()
         self.controllers: list[Controller] = [m.controller(self) for m in self.methods]
-        #: per layer index, the controllers reading that layer at the current denoiser call (empty = untouched).
-        self.readers: list[tuple[Controller, ...]] = [()] * len(self.layers)
+        #: per layer index, what the current denoiser call does there (``None``: delegate untouched).
+        self.routes: list[_Route | None] = [None] * len(self.layers)
         self._next_index = 0
         self._call: _Call | None = None
         self._cond_key = None
@@ -201,7 +209,7 @@ class Run:
             self.on_step(self.step)
         self._next_index = step_index + 1
         self.step = None
-        self.readers = [()] * len(self.layers)
+        self.routes = [None] * len(self.layers)
         return {}
 
     def chained_callback(self, user_callback=None):
@@ -282,17 +290,54 @@ class Run:
     def _bind(self, latent_hw: tuple[int, int]) -> None:
         self.latent_hw = latent_hw
         self.layers = [info.with_grid(grid_for(info, latent_hw)) for info in self.layers]
+        owners: dict[int, Controller] = {}
         for c in self.controllers:
             c.bind(self.layers, latent_hw)
+            for index in c.replace_layers:
+                if index in owners:
+                    raise AttnKitError(
+                        f"{owners[index].method.id} and {c.method.id} both change the attention of "
+                        f"{self.layers[index].name}; they cannot run together"
+                    )
+                owners[index] = c
+
+    def original_processor(self, layer: LayerInfo):
+        """The processor ``layer`` had before attnkit was attached."""
+        if self._saved is None:
+            raise AttnKitError("the run is not attached")
+        return self._saved[layer.name]
 
     def _route(self) -> None:
         readers: list[list[Controller]] = [[] for _ in self.layers]
+        replacers: list[Controller | None] = [None] * len(self.layers)
         if self._call.cond_rows is not None:
             for c in self.controllers:
-                if c.prob_layers and c.wants_step(self.step):
-                    for index in c.prob_layers:
-                        readers[index].append(c)
-        self.readers = [tuple(r) for r in readers]
+                if not c.wants_step(self.step):
+                    continue
+                for index in c.prob_layers:
+                    readers[index].append(c)
+                for index in c.replace_layers:
+                    replacers[index] = c
+        self.routes = [
+            _Route(tuple(r), p) if (r or p is not None) else None for r, p in zip(readers, replacers)
+        ]
+
+    def routed_call(self, route: _Route, processor: LayerProcessor, attn, hidden_states, args: tuple, kwargs: dict):
+        """A layer call that some method reads or changes (see :class:`~attnkit.processor.LayerProcessor`)."""
+        layer = processor.layer
+        if route.readers:
+            self.read_attention(layer, route.readers, attn, hidden_states, args, kwargs)
+        if route.replacer is None:
+            return processor.inner(attn, hidden_states, *args, **kwargs)
+        c = route.replacer
+        with c.timed("replace_s"):
+            return c.attend(
+                layer, self.step, attn, hidden_states,
+                encoder_hidden_states=_arg(args, kwargs, "encoder_hidden_states", 0),
+                attention_mask=_arg(args, kwargs, "attention_mask", 1),
+                temb=_arg(args, kwargs, "temb", 2),
+                rows=self._call.cond_rows,
+            )
 
     # ------------------------------------------------------------------------------------------- attention
 
@@ -316,7 +361,7 @@ class Run:
             else:
                 probs = unet_cross_attention_probs(attn, pick(hidden_states), pick(text), attention_mask=pick(mask))
         for c in readers:
-            with c.timed():
+            with c.timed("attention_s"):
                 c.on_probs(layer, self.step, probs)
 
 

@@ -1,4 +1,4 @@
-"""What attaching attnkit costs: stock diffusers vs attached-idle vs ``observe``, measured side by side in one run.
+"""What attnkit costs: stock diffusers vs attached-idle, ``observe`` and ``structured``, side by side in one run.
 
 Two settings:
 
@@ -30,11 +30,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import attnkit  # noqa: E402
-from attnkit.methods import Observe  # noqa: E402
+from attnkit.methods import Observe, StructuredGuidance  # noqa: E402
 from attnkit.runtime import Run  # noqa: E402
 
 PROMPT = "a red car and a white sheep on a green meadow"
 WORDS = ["red car", "white sheep", "meadow"]
+
+
+def method_variants():
+    """The attached variants every table compares with stock diffusers."""
+    return {
+        "idle": [],
+        "observe": [Observe(words=WORDS)],
+        "structured": [StructuredGuidance()],
+        "structured-conj": [StructuredGuidance(conjunction=True)],
+    }
 
 
 class PeakMemory:
@@ -94,9 +104,9 @@ def measure(variants: dict, repeats: int, device: str) -> dict[str, tuple[float,
 
 def table(title: str, results: dict[str, tuple[float, int]]) -> str:
     base_t, base_m = results["stock"]
-    lines = [f"\n{title}", f"{'variant':<14}{'time':>11}{'x stock':>9}{'peak MiB':>11}{'x stock':>9}"]
+    lines = [f"\n{title}", f"{'variant':<16}{'time':>11}{'x stock':>9}{'peak MiB':>11}{'x stock':>9}"]
     for name, (t, m) in results.items():
-        lines.append(f"{name:<14}{t:>10.4f}s{t / base_t:>9.3f}{m / 2**20:>11.0f}{m / base_m:>9.3f}")
+        lines.append(f"{name:<16}{t:>10.4f}s{t / base_t:>9.3f}{m / 2**20:>11.0f}{m / base_m:>9.3f}")
     return "\n".join(lines)
 
 
@@ -109,13 +119,11 @@ def tiny_pipeline_bench(args) -> str:
     def stock():
         pipe(PROMPT, generator=torch.Generator("cpu").manual_seed(0), **kwargs)
 
-    def idle():
-        attnkit.generate(pipe, PROMPT, [], seed=0, **kwargs)
+    def attached(methods):
+        return lambda: attnkit.generate(pipe, PROMPT, methods, seed=0, **kwargs)
 
-    def observe():
-        attnkit.generate(pipe, PROMPT, [Observe(words=WORDS)], seed=0, **kwargs)
-
-    results = measure({"stock": stock, "idle": idle, "observe": observe}, args.repeats_tiny, args.device)
+    variants = {"stock": stock, **{name: attached(m) for name, m in method_variants().items()}}
+    results = measure(variants, args.repeats_tiny, args.device)
     return table(f"tiny SD 1.5 pipeline, {args.steps} steps at {args.size}px, per image ({args.device}, {args.dtype})",
                  results)
 
@@ -132,9 +140,18 @@ def full_unet_bench(args) -> str:
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         ).to(args.device, dtype=dtype).eval()
-    # A real SD pipeline object around the full-size UNet (tiny text encoder and VAE: only the UNet runs here).
+    # A real SD pipeline object around the full-size UNet: only the UNet runs in the timed calls; a one-layer,
+    # 768-wide CLIP text encoder gives structured its phrase encodings (once per prompt, as in a real run).
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     pipe = attnkit.tiny_pipeline("sd15")
     pipe.unet = unet
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pipe.text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=1,
+            max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        )).to(args.device, dtype=dtype).eval()
     pipe._guidance_scale = 7.5  # the pipeline's CFG layout: batch = [uncond; cond]
     pipe._num_timesteps = 50
     g = torch.Generator("cpu").manual_seed(0)
@@ -156,10 +173,8 @@ def full_unet_bench(args) -> str:
                 run.uninstall()
         return fn
 
-    results = measure(
-        {"stock": forward, "idle": attached([]), "observe": attached([Observe(words=WORDS)])},
-        args.repeats_full, args.device,
-    )
+    variants = {"stock": forward, **{name: attached(m) for name, m in method_variants().items()}}
+    results = measure(variants, args.repeats_full, args.device)
     return table(f"full-size SD 1.5 UNet, one forward, batch 2, 64x64 latent ({args.device}, {args.dtype})", results)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from .base import Controller, Method, MethodReport
 from .observe import Observe, ObserveConfig
+from .structured import StructuredConfig, StructuredGuidance
 
 #: method id -> Method class. Ids are stable and never renamed once released.
-REGISTRY: dict[str, type[Method]] = {cls.id: cls for cls in (Observe,)}
+REGISTRY: dict[str, type[Method]] = {cls.id: cls for cls in (Observe, StructuredGuidance)}
 
 
 def get_method(method_id: str) -> type[Method]:
@@ -19,4 +20,7 @@ def get_method(method_id: str) -> type[Method]:
         raise AttnKitError(f"unknown method {method_id!r}; available: {', '.join(sorted(REGISTRY))}") from None
 
 
-__all__ = ["Controller", "Method", "MethodReport", "Observe", "ObserveConfig", "REGISTRY", "get_method"]
+__all__ = [
+    "Controller", "Method", "MethodReport", "Observe", "ObserveConfig", "REGISTRY", "StructuredConfig",
+    "StructuredGuidance", "get_method",
+]

@@ -59,6 +59,8 @@ class Controller:
         self.report = MethodReport(method.id)
         #: indices of the layers whose head-averaged text-attention probabilities this method reads.
         self.prob_layers: frozenset[int] = frozenset()
+        #: indices of the layers whose attention output this method computes itself (:meth:`attend`).
+        self.replace_layers: frozenset[int] = frozenset()
         self._seconds = 0.0
 
     def bind(self, layers: list["LayerInfo"], latent_hw: tuple[int, int]) -> None:
@@ -74,29 +76,34 @@ class Controller:
     def on_probs(self, layer: "LayerInfo", step: "StepInfo", probs: torch.Tensor) -> None:
         """Receives ``(B_cond, N_query, N_text)`` head-averaged probabilities of the conditional branch."""
 
+    def attend(self, layer: "LayerInfo", step: "StepInfo", attn, hidden_states: torch.Tensor, *,
+               encoder_hidden_states, attention_mask, temb, rows: slice) -> torch.Tensor:
+        """Compute the output of a layer in :attr:`replace_layers` (for the whole batch; ``rows`` are the batch
+        rows of the conditional branch). Must return what the layer's processor would return."""
+        raise NotImplementedError
+
     def end_step(self, step: "StepInfo") -> None:
         """Called from the pipeline's step callback after the step's scheduler update."""
 
     def finish(self) -> None:
         """Called after a successful run; fill :attr:`report`."""
 
-    def timed(self):
-        """Context manager adding the enclosed time to ``report.timings["attention_s"]``."""
-        return _Timer(self)
+    def timed(self, key: str):
+        """Context manager adding the enclosed time to ``report.timings[key]`` (seconds)."""
+        return _Timer(self.report.timings, key)
 
 
 class _Timer:
-    __slots__ = ("controller", "t0")
+    __slots__ = ("timings", "key", "t0")
 
-    def __init__(self, controller: Controller):
-        self.controller = controller
+    def __init__(self, timings: dict, key: str):
+        self.timings, self.key = timings, key
 
     def __enter__(self):
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc):
-        timings = self.controller.report.timings
-        timings["attention_s"] = timings.get("attention_s", 0.0) + time.perf_counter() - self.t0
+        self.timings[self.key] = self.timings.get(self.key, 0.0) + time.perf_counter() - self.t0
         return False
 
 
@@ -134,8 +141,10 @@ class Method:
     def controller(self, run: "Run") -> Controller:
         """A fresh controller holding this method's state for one run."""
         if run.family not in self.families:
+            names = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "flux": "Flux"}
             raise UnsupportedModelError(
-                f"{self.id} does not support {run.family} models (it supports: {', '.join(self.families)})"
+                f"{self.id} does not support {names[run.family]} pipelines; it works with "
+                f"{', '.join(names[f] for f in self.families)}"
             )
         return self.controller_class(self, run)
 

@@ -31,7 +31,9 @@ def test_generate_writes_image_maps_and_report(tmp_path, capsys):
     "extra, message",
     [
         (["--method", "observe", "--words", "cat"], "attnkit: error: 'cat' is not in the prompt"),
-        (["--words", "car"], "attnkit: error: --words needs a method"),
+        (["--words", "car"], "attnkit: error: --words needs --method observe"),
+        (["--method", "observe", "--phrases", "red car"], "attnkit: error: --phrases needs --method structured"),
+        (["--method", "structured", "--phrases", "blue car"], "attnkit: error: 'blue car' is not in the prompt"),
         (["--maps", "m.png"], "attnkit: error: --maps needs --method observe"),
         (["--model", "/nonexistent/model.safetensors"], "attnkit: error: no such file or folder"),
         (["--steps", "0"], "attnkit: error: --steps must be a positive integer"),
@@ -45,6 +47,13 @@ def test_bad_input_exits_2_with_one_line(extra, message, tmp_path, monkeypatch, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(message), err
     assert not any("Traceback" in line for line in err)
+
+
+def test_structured_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "s.png"
+    code = main(BASE + ["--method", "structured", "--method", "observe", "--words", "car", "--phrases",
+                        "a red car,a blue bird", "--conjunction", "--out", str(out)])
+    assert code == 0 and out.is_file()
 
 
 def test_argparse_errors_exit_2(capsys):
