@@ -20,7 +20,9 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, -1).transpose(1, 2)
 
 
-def unet_cross_attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask=None) -> torch.Tensor:
+def unet_cross_attention_probs(
+    attn, hidden_states, encoder_hidden_states, attention_mask=None, mean_heads: bool = True
+) -> torch.Tensor:
     """Head-averaged cross-attention probabilities of a diffusers ``Attention`` layer.
 
     Args:
@@ -28,6 +30,8 @@ def unet_cross_attention_probs(attn, hidden_states, encoder_hidden_states, atten
         hidden_states: ``(B, N, C)`` or ``(B, C, H, W)`` queries' input, as given to the processor.
         encoder_hidden_states: ``(B, T, C_text)`` text states (or an IP-Adapter ``(text, image)`` tuple).
         attention_mask: the mask given to the processor, if any.
+
+        mean_heads: ``False`` keeps the heads: ``(B, heads, N, T)``.
 
     Returns:
         ``(B, N, T)`` float32 probabilities; each row sums to 1 over the ``T`` text tokens.
@@ -53,7 +57,8 @@ def unet_cross_attention_probs(attn, hidden_states, encoder_hidden_states, atten
         batch = hidden_states.shape[0]
         mask = attn.prepare_attention_mask(attention_mask, k.shape[2], batch)
         scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1]).float()
-    return scores.softmax(dim=-1).mean(dim=1)
+    probs = scores.softmax(dim=-1)
+    return probs.mean(dim=1) if mean_heads else probs
 
 
 def _flux_qk(attn, hidden_states, encoder_hidden_states, image_rotary_emb):

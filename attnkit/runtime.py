@@ -74,6 +74,25 @@ class _Route:
     replacer: Controller | None  # computes the layer's output instead of the original processor
 
 
+class _StopForward(Exception):
+    """Ends a gradient pass once every layer its loss reads has been read (the rest of the network is not needed)."""
+
+
+class _Captured(Exception):
+    """Ends the dry pipeline call of :func:`generate` at its first denoiser call (inputs captured)."""
+
+
+@dataclass
+class _GradPass:
+    """A conditional forward with gradients, run for a latent-optimising method."""
+
+    controller: Controller
+    step: StepInfo
+    remaining: set[int]
+    early_stop: bool
+    maps: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
 @dataclass
 class _Call:
     """What the run knows about the denoiser call in progress."""
@@ -140,6 +159,10 @@ class Run:
         self._saved: dict[str, Any] | None = None
         self._hook = None
         self._t0 = 0.0
+        self._grad: _GradPass | None = None
+        self._cond_inputs: dict[str, Any] | None = None  # the conditional branch's denoiser inputs, for gradients
+        self._capture = False  # generate()'s dry call: stop at the first denoiser call
+        self._updaters = [c for c in self.controllers if c.updates_latents]
 
     # ------------------------------------------------------------------------------------------------ tokens
 
@@ -197,7 +220,11 @@ class Run:
     # ---------------------------------------------------------------------------------------------- steps
 
     def callback(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
-        """The pipeline's ``callback_on_step_end``: ends the current step. Returns ``{}`` (changes nothing)."""
+        """The pipeline's ``callback_on_step_end``: ends the current step.
+
+        Returns ``{}``, or ``{"latents": ...}`` when a latent-optimising method updated the latents for the next step
+        (that needs ``callback_on_step_end_tensor_inputs=["latents"]``, see :meth:`call_kwargs`).
+        """
         if self.step is None or self.step.index != step_index:
             raise StepCallbackError(
                 f"the pipeline reported the end of step {step_index} but attnkit saw no denoiser call for it; "
@@ -208,9 +235,73 @@ class Run:
         if self.on_step is not None:
             self.on_step(self.step)
         self._next_index = step_index + 1
+        count = self.step.count
         self.step = None
         self.routes = [None] * len(self.layers)
+        if self._updaters and self._next_index < count:
+            if "latents" not in callback_kwargs:
+                raise StepCallbackError(
+                    "a latent-optimising method needs the latents at each step end: call the pipeline with "
+                    "**run.call_kwargs() (or callback_on_step_end_tensor_inputs=['latents'])"
+                )
+            timesteps = self.pipe.scheduler.timesteps
+            nxt = StepInfo(self._next_index, count, float(timesteps[self._next_index]))
+            return {"latents": self.update_latents(callback_kwargs["latents"], nxt, timesteps[self._next_index])}
         return {}
+
+    def call_kwargs(self, user_callback=None) -> dict:
+        """Keyword arguments that wire this run into a pipeline call: ``pipe(prompt, **run.call_kwargs())``."""
+        kwargs: dict[str, Any] = {"callback_on_step_end": self.chained_callback(user_callback)}
+        inputs = list(getattr(user_callback, "tensor_inputs", None) or [])
+        if self._updaters and "latents" not in inputs:
+            inputs.append("latents")
+        if inputs:
+            kwargs["callback_on_step_end_tensor_inputs"] = inputs
+        return kwargs
+
+    def update_latents(self, latents: torch.Tensor, step: StepInfo, timestep) -> torch.Tensor:
+        """Let every latent-optimising method update ``latents`` before ``step`` runs."""
+        if self._cond_inputs is None:
+            raise AttnKitError("no conditional denoiser call was seen yet; cannot optimise the latents")
+        self._cond_inputs["timestep"] = timestep
+        for c in self._updaters:
+            with c.timed("update_s"):
+                latents = c.update_latents(latents, step)
+        return latents
+
+    def gradient_maps(self, controller: Controller, latent: torch.Tensor, step: StepInfo, image: int = 0,
+                      early_stop: bool = True) -> dict[int, torch.Tensor]:
+        """Text-attention probabilities of ``controller.prob_layers`` as functions of ``latent``, with gradients.
+
+        Runs the denoiser on ``latent`` (``(1, C, h, w)``, part of the caller's autograd graph) with the conditional
+        embeddings of image ``image``, at ``step``. The forward stops after the last layer the loss reads
+        (``early_stop``); the gradient is the same as with the full forward. Call under ``torch.enable_grad()``
+        (and outside inference mode).
+
+        Returns:
+            ``{layer index: (1, heads, N, T) probabilities}``.
+        """
+        inputs = self._cond_inputs
+        if inputs is None:
+            raise AttnKitError("no conditional denoiser call was seen yet; cannot compute attention gradients")
+        rows = slice(image, image + 1)
+        text = inputs["text"][rows].clone()
+        added = {k: v[rows].clone() for k, v in inputs["added"].items()} if inputs["added"] else None
+        t = inputs["timestep"]
+        t = t.clone() if torch.is_tensor(t) else t
+        scheduler = self.pipe.scheduler
+        sample = scheduler.scale_model_input(latent, t) if hasattr(scheduler, "scale_model_input") else latent
+        self._grad = _GradPass(controller, step, set(controller.prob_layers), early_stop)
+        try:
+            self.denoiser(sample, t, encoder_hidden_states=text, added_cond_kwargs=added,
+                          cross_attention_kwargs=inputs["cross_attention_kwargs"], return_dict=False)
+        except _StopForward:
+            pass
+        finally:
+            grad, self._grad = self._grad, None
+        if grad.remaining:
+            raise AttnKitError(f"the gradient pass never reached {len(grad.remaining)} of the layers it reads")
+        return grad.maps
 
     def chained_callback(self, user_callback=None):
         """``callback_on_step_end`` that ends the step, then calls ``user_callback`` (if any) and returns its dict."""
@@ -230,6 +321,9 @@ class Run:
         return int(count or 1)
 
     def _on_denoiser_call(self, module, args, kwargs):
+        if self._grad is not None:
+            self._route_grad(_arg(args, kwargs, "encoder_hidden_states", 2))
+            return None
         if self.family == "flux":
             sample = _arg(args, kwargs, "hidden_states", 0)
             text = _arg(args, kwargs, "encoder_hidden_states", 1)
@@ -248,6 +342,8 @@ class Run:
             latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
         t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
 
+        if self._capture:
+            self._capture_first_call(sample, text, timestep, kwargs)
         if self.latent_hw is None:
             self._bind(latent_hw)
         elif latent_hw != self.latent_hw:
@@ -267,8 +363,75 @@ class Run:
             )
 
         self._call = self._describe_call(sample, text)
+        if self._updaters and self._call.cond_rows is not None:
+            self._keep_cond_inputs(sample, text, timestep, kwargs)
         self._route()
         return None
+
+    def _keep_cond_inputs(self, sample, text, timestep, kwargs) -> None:
+        """Remember the conditional branch's inputs, for the gradient passes of latent-optimising methods."""
+        rows = self._call.cond_rows
+        added = kwargs.get("added_cond_kwargs") or {}
+        self._cond_inputs = {
+            "text": text[rows].detach(), "timestep": timestep, "latent_shape": tuple(sample[rows].shape),
+            "dtype": sample.dtype, "device": sample.device,
+            "added": {k: v[rows].detach() for k, v in added.items() if torch.is_tensor(v)},
+            "cross_attention_kwargs": kwargs.get("cross_attention_kwargs"),
+        }
+
+    def _capture_first_call(self, sample, text, timestep, kwargs) -> None:
+        self._call = self._describe_call(sample, text)
+        self._keep_cond_inputs(sample, text, timestep, kwargs)
+        raise _Captured
+
+    def first_step_latents(self, prompt: str, pipe_kwargs: dict) -> torch.Tensor:
+        """The latents of step 0, already updated by the latent-optimising methods (what :func:`generate` passes
+        as ``latents=``, divided by the scheduler's initial noise sigma).
+
+        The step callback updates the latents of every later step; step 0 comes before any callback. So a dry call
+        of the pipeline (with a copy of the generator) stops at its first denoiser call to learn the conditioning and
+        the first timestep; the initial noise is then drawn exactly as the pipeline draws it (same function, shape,
+        generator state), updated, and handed to the real call, which draws nothing more for it.
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
+        generator = pipe_kwargs.get("generator")
+        dry = dict(pipe_kwargs)
+        if isinstance(generator, torch.Generator):
+            dry["generator"] = torch.Generator(generator.device).set_state(generator.get_state())
+        self._capture = True
+        try:
+            self.pipe(prompt=prompt, **dry)
+        except _Captured:
+            pass
+        finally:
+            self._capture = False
+        inputs = self._cond_inputs
+        if inputs is None:
+            raise AttnKitError("the pipeline made no conditional denoiser call; nothing to optimise")
+        noise = pipe_kwargs.get("latents")
+        if noise is None:
+            noise = randn_tensor(inputs["latent_shape"], generator=generator, device=inputs["device"],
+                                 dtype=inputs["dtype"])
+        scheduler = self.pipe.scheduler
+        sigma = scheduler.init_noise_sigma
+        latents = noise.to(inputs["device"]) * sigma
+        t0 = scheduler.timesteps[0]
+        latents = self.update_latents(latents, StepInfo(0, len(scheduler.timesteps), float(t0)), t0)
+        return latents / sigma
+
+    def _route_grad(self, text) -> None:
+        grad = self._grad
+        routes: list[_Route | None] = [None] * len(self.layers)
+        for c in self.controllers:
+            if c is not grad.controller and c.replace_layers and c.wants_step(grad.step):
+                for index in c.replace_layers:
+                    routes[index] = _Route((), c)
+        for index in grad.controller.prob_layers:
+            replacer = routes[index].replacer if routes[index] is not None else None
+            routes[index] = _Route((grad.controller,), replacer)
+        self.routes = routes
+        self._call = _Call(slice(0, 1), int(text.shape[1]))
 
     def _describe_call(self, sample: torch.Tensor, text) -> _Call:
         if isinstance(text, (tuple, list)):
@@ -332,7 +495,7 @@ class Run:
         c = route.replacer
         with c.timed("replace_s"):
             return c.attend(
-                layer, self.step, attn, hidden_states,
+                layer, self._grad.step if self._grad is not None else self.step, attn, hidden_states,
                 encoder_hidden_states=_arg(args, kwargs, "encoder_hidden_states", 0),
                 attention_mask=_arg(args, kwargs, "attention_mask", 1),
                 temb=_arg(args, kwargs, "temb", 2),
@@ -352,6 +515,13 @@ class Run:
         def pick(x):
             return x[rows] if torch.is_tensor(x) and x.shape[0] == hidden_states.shape[0] else x
 
+        grad = self._grad
+        if grad is not None:  # a gradient pass: keep the graph and the heads, for the optimising method only
+            grad.maps[layer.index] = unet_cross_attention_probs(attn, hidden_states, text, mask, mean_heads=False)
+            grad.remaining.discard(layer.index)
+            if grad.early_stop and not grad.remaining:
+                raise _StopForward
+            return
         with torch.no_grad():
             if self.family == "flux":
                 probs = flux_text_attention_probs(
@@ -450,10 +620,15 @@ def generate(
             raise AttnKitError(f"seed={seed!r} must be a non-negative integer")
         pipe_kwargs["generator"] = torch.Generator("cpu").manual_seed(seed)
     user_callback = pipe_kwargs.pop("callback_on_step_end", None)
-    inputs = getattr(user_callback, "tensor_inputs", None)
-    if inputs is not None and "callback_on_step_end_tensor_inputs" not in pipe_kwargs:
-        pipe_kwargs["callback_on_step_end_tensor_inputs"] = list(inputs)
+    user_inputs = pipe_kwargs.pop("callback_on_step_end_tensor_inputs", None)
     with attach(pipe, methods, prompt=prompt, max_sequence_length=pipe_kwargs.get("max_sequence_length"),
                 on_step=on_step) as run:
-        output = pipe(prompt=prompt, callback_on_step_end=run.chained_callback(user_callback), **pipe_kwargs)
+        wiring = run.call_kwargs(user_callback)
+        if user_inputs:
+            wiring["callback_on_step_end_tensor_inputs"] = sorted(
+                set(user_inputs) | set(wiring.get("callback_on_step_end_tensor_inputs", []))
+            )
+        if run._updaters:
+            pipe_kwargs["latents"] = run.first_step_latents(prompt, pipe_kwargs)
+        output = pipe(prompt=prompt, **wiring, **pipe_kwargs)
     return Result(images=list(output.images), report=run.report, prompt=prompt, seed=seed)

@@ -82,6 +82,13 @@ class Controller:
         rows of the conditional branch). Must return what the layer's processor would return."""
         raise NotImplementedError
 
+    #: whether :meth:`update_latents` changes the latents before steps (latent-optimising methods).
+    updates_latents: bool = False
+
+    def update_latents(self, latents: torch.Tensor, step: "StepInfo") -> torch.Tensor:
+        """Return the latents ``(B, C, h, w)`` to denoise at ``step`` (called before the step's denoiser calls)."""
+        return latents
+
     def end_step(self, step: "StepInfo") -> None:
         """Called from the pipeline's step callback after the step's scheduler update."""
 
