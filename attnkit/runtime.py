@@ -304,13 +304,15 @@ class Run:
         return grad.maps
 
     def chained_callback(self, user_callback=None):
-        """``callback_on_step_end`` that ends the step, then calls ``user_callback`` (if any) and returns its dict."""
+        """``callback_on_step_end`` that calls ``user_callback`` (if any), then ends the step with what it returned
+        (so latent-optimising methods update the latents the next step will really use); returns both dicts merged."""
         if user_callback is None:
             return self.callback
 
         def callback(pipe, step_index, timestep, callback_kwargs):
-            self.callback(pipe, step_index, timestep, callback_kwargs)
-            return user_callback(pipe, step_index, timestep, callback_kwargs)
+            theirs = user_callback(pipe, step_index, timestep, callback_kwargs) or {}
+            ours = self.callback(pipe, step_index, timestep, {**callback_kwargs, **theirs})
+            return {**theirs, **ours}
 
         return callback
 
@@ -413,6 +415,8 @@ class Run:
         if noise is None:
             noise = randn_tensor(inputs["latent_shape"], generator=generator, device=inputs["device"],
                                  dtype=inputs["dtype"])
+        if self.latent_hw is None:
+            self._bind(tuple(int(x) for x in inputs["latent_shape"][-2:]))
         scheduler = self.pipe.scheduler
         sigma = scheduler.init_noise_sigma
         latents = noise.to(inputs["device"]) * sigma

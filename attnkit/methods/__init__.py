@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from .base import Controller, Method, MethodReport
+from .a_star import AStar, AStarConfig
+from .attend_excite import AttendExcite, AttendExciteConfig
 from .observe import Observe, ObserveConfig
 from .structured import StructuredConfig, StructuredGuidance
 
 #: method id -> Method class. Ids are stable and never renamed once released.
-REGISTRY: dict[str, type[Method]] = {cls.id: cls for cls in (Observe, StructuredGuidance)}
+REGISTRY: dict[str, type[Method]] = {cls.id: cls for cls in (Observe, StructuredGuidance, AStar, AttendExcite)}
 
 
 def get_method(method_id: str) -> type[Method]:
@@ -21,6 +23,6 @@ def get_method(method_id: str) -> type[Method]:
 
 
 __all__ = [
-    "Controller", "Method", "MethodReport", "Observe", "ObserveConfig", "REGISTRY", "StructuredConfig",
+    "AStar", "AStarConfig", "AttendExcite", "AttendExciteConfig", "Controller", "Method", "MethodReport", "Observe", "ObserveConfig", "REGISTRY", "StructuredConfig",
     "StructuredGuidance", "get_method",
 ]

@@ -31,7 +31,7 @@ def test_generate_writes_image_maps_and_report(tmp_path, capsys):
     "extra, message",
     [
         (["--method", "observe", "--words", "cat"], "attnkit: error: 'cat' is not in the prompt"),
-        (["--words", "car"], "attnkit: error: --words needs --method observe"),
+        (["--words", "car"], "attnkit: error: --words needs --method a_star or attend_excite or observe"),
         (["--method", "observe", "--phrases", "red car"], "attnkit: error: --phrases needs --method structured"),
         (["--method", "structured", "--phrases", "blue car"], "attnkit: error: 'blue car' is not in the prompt"),
         (["--maps", "m.png"], "attnkit: error: --maps needs --method observe"),

@@ -43,6 +43,6 @@ def test_method_construction_errors():
         Observe(wrods=["car"])
     with pytest.raises(AttnKitError, match="not both"):
         Observe(ObserveConfig(), words=["car"])
-    with pytest.raises(AttnKitError, match="unknown method 'nope'; available: observe"):
+    with pytest.raises(AttnKitError, match="unknown method .nope.; available: a_star, attend_excite, observe, structured"):
         get_method("nope")
     assert get_method("observe") is Observe
