@@ -118,7 +118,6 @@ class LatentController(Controller):
             self.concepts = [Concept(w, run.tokens.find(w).positions) for w in config.words]
         if len(self.concepts) < self.min_concepts:
             raise AttnKitError(f"{method.id} needs at least {self.min_concepts} words, got {len(self.concepts)}")
-        self.kernel = smoothing_kernel(config.smoothing)
         self.grid: tuple[int, int] | None = None
         self.report.data["concepts"] = {c.word: list(c.positions) for c in self.concepts}
 
@@ -133,7 +132,9 @@ class LatentController(Controller):
         """``(K, h, w)`` smoothed concept maps as a function of ``latent`` (one gradient forward)."""
         maps = self.run.gradient_maps(self, latent, step, image)
         attention = aggregate(maps, self.layers, self.grid)
-        return token_maps(attention, [list(c.positions) for c in self.concepts], self.kernel)
+        # the kernel is made here, not kept: a tensor made while the caller was in inference mode cannot join autograd
+        kernel = smoothing_kernel(self.config.smoothing)
+        return token_maps(attention, [list(c.positions) for c in self.concepts], kernel)
 
     def step_size(self, step) -> float:
         return float(step_sizes(step.count, self.config.scale_factor)[step.index])

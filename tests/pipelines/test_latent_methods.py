@@ -1,0 +1,172 @@
+"""attend_excite and a_star on the tiny pipelines: equivalence with diffusers' pipeline, schedules, safety."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionAttendAndExcitePipeline
+
+import attnkit
+from attnkit.methods import AStar, AttendExcite, Observe, StructuredGuidance
+from attnkit.methods.a_star import AStarController
+
+from ..conftest import FAST, plain, with_attnkit
+
+PROMPT = "a cat and a frog"
+
+
+def peer_pipeline(pipe):
+    components = {k: v for k, v in pipe.components.items() if k != "image_encoder"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peer = StableDiffusionAttendAndExcitePipeline(**components, requires_safety_checker=False)
+    peer.set_progress_bar_config(disable=True)
+    return peer
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(num_inference_steps=5),  # diffusers' defaults: refinement at step 0, updates at every step
+        dict(num_inference_steps=6, num_images_per_prompt=2, max_iter_to_alter=3, thresholds={0: 0.05, 2: 0.5, 4: 0.9},
+             scale_factor=30),
+    ],
+)
+def test_attend_excite_reproduces_the_diffusers_pipeline(sd15, settings):
+    settings = dict(settings)
+    method_keys = ("max_iter_to_alter", "thresholds", "scale_factor")
+    method = {k: settings.pop(k) for k in method_keys if k in settings}
+    common = dict(height=64, width=64, **settings)
+    expected = peer_pipeline(sd15)(PROMPT, token_indices=[2, 5], attn_res=(4, 4), output_type="np",
+                                  generator=torch.Generator().manual_seed(0), **method, **common).images
+    ours, result = with_attnkit(sd15, PROMPT, [AttendExcite(words=["cat", "frog"], **method)], **common)
+    assert np.abs(ours - expected).max() <= 1e-4
+    assert np.abs(plain(sd15, PROMPT, **common) - expected).max() > 1e-3, "the method changes the image (live)"
+    report = result.report["attend_excite"]
+    assert report.data["attn_res"] == (4, 4) and report.data["concepts"] == {"cat": [2], "frog": [5]}
+    assert report.losses[0]["refinement_tries"] == 20  # random weights never reach the threshold
+
+
+def test_early_stop_gives_the_full_forward_gradient(sd15):
+    method = AStar(words=["cat", "frog"])
+    grads, calls = [], []
+    hook = sd15.unet.up_blocks[1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with attnkit.attach(sd15, [method], prompt=PROMPT) as run:
+            sd15(PROMPT, **run.call_kwargs(), **{**FAST, "num_inference_steps": 1})
+            controller = run.controllers[0]
+            step = attnkit.StepInfo(0, 1, 999.0)
+            latent0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+            for early in (True, False):
+                calls.clear()
+                with torch.enable_grad():
+                    latent = latent0.clone().requires_grad_(True)
+                    maps = run.gradient_maps(controller, latent, step, early_stop=early)
+                    loss = sum(m.pow(2).sum() for m in maps.values())
+                    grads.append(torch.autograd.grad(loss, latent)[0])
+                assert (len(calls) == 0) == early, "the early-stopped forward never reaches the last up block"
+    finally:
+        hook.remove()
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
+
+
+def _latents_per_step(pipe, methods, steps=8):
+    seen = []
+
+    def keep(pipeline, i, t, kwargs):
+        seen.append(kwargs["latents"].clone())
+        return {}
+
+    _, result = with_attnkit(pipe, "a cat and a dog", methods, num_inference_steps=steps,
+                             callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"])
+    return seen, result
+
+
+def test_latent_changes_only_on_optimised_steps(sd15):
+    base, _ = _latents_per_step(sd15, [])
+    seen, result = _latents_per_step(sd15, [AStar(words=["cat", "dog"], steps=(0.5, 1.0))])
+    count = len(base)
+    first = next(i for i in range(count) if i / count >= 0.5)
+    assert [r["step"] for r in result.report["a_star"].losses] == list(range(first, count))
+    for i in range(count):  # the latent after step i depends on updates before steps <= i
+        same = torch.equal(seen[i], base[i])
+        assert same == (i < first), f"step {i}"
+
+
+def test_a_star_loss_falls_after_updates(sd15):
+    _, result = with_attnkit(sd15, "a cat and a dog", [AStar(words=["cat", "dog"], measure_after_update=True)],
+                             num_inference_steps=8)
+    losses = result.report["a_star"].losses
+    assert len(losses) == 9 and losses[0]["retention"] == 0.0 and losses[1]["retention"] > 0
+    lower = sum(r["loss_after"] < r["loss"] for r in losses)
+    assert lower / len(losses) >= 0.8, losses
+
+
+def test_layout_masks_drive_retention_from_the_first_step(sd15):
+    left = [[1, 1, 0, 0]] * 4
+    right = [[0, 0, 1, 1]] * 4
+    _, result = with_attnkit(sd15, "a cat and a dog", [AStar(words=["cat", "dog"], masks={"cat": left, "dog": right})])
+    first = result.report["a_star"].losses[0]
+    assert first["retention"] > 0
+
+
+@pytest.mark.parametrize("method", [AStar(words=["cat", "frog"]), AttendExcite(words=["cat", "frog"], thresholds={})])
+def test_works_under_inference_mode(sd15, method):
+    expected, _ = with_attnkit(sd15, PROMPT, [method])
+    with torch.inference_mode():
+        images, result = with_attnkit(sd15, PROMPT, [method])
+    np.testing.assert_allclose(images, expected, atol=1e-6)
+    assert result.report[method.id].losses
+
+
+class Failing(AStar):
+    class controller_class(AStarController):
+        def optimise(self, latent, step, image):
+            if step.index == 2:
+                self.concept_maps(latent.clone().requires_grad_(True), step, image)
+                raise RuntimeError("boom in the middle of an optimisation")
+            return super().optimise(latent, step, image)
+
+
+def test_processors_restored_after_failure_mid_optimisation(sd15):
+    before = dict(sd15.unet.attn_processors)
+    with pytest.raises(RuntimeError, match="boom"):
+        with_attnkit(sd15, PROMPT, [Failing(words=["cat", "frog"])])
+    after = dict(sd15.unet.attn_processors)
+    assert all(before[k] is after[k] for k in before)
+    np.testing.assert_array_equal(with_attnkit(sd15, PROMPT)[0], plain(sd15, PROMPT))
+
+
+def test_resolution_without_cross_attention_is_a_clear_error(sd15):
+    with pytest.raises(attnkit.AttnKitError, match="resolution 16x16 has no cross-attention layer .* 8x8, 4x4"):
+        with_attnkit(sd15, PROMPT, [AttendExcite(words=["cat"], attn_res=(16, 16))])
+
+
+def test_sdxl_end_to_end(sdxl):
+    images, result = with_attnkit(sdxl, PROMPT, [AttendExcite(words=["cat", "frog"])])
+    assert np.abs(images - plain(sdxl, PROMPT)).max() > 1e-4
+    assert result.report["attend_excite"].losses
+    _, result = with_attnkit(sdxl, PROMPT, [AStar(words=["cat", "frog"])])
+    assert len(result.report["a_star"].losses) == len(sdxl.scheduler.timesteps)
+
+
+def test_flux_is_refused(flux):
+    for method in (AStar(words=["cat"]), AttendExcite(words=["cat"])):
+        with pytest.raises(attnkit.UnsupportedModelError, match="does not support Flux pipelines"):
+            with_attnkit(flux, PROMPT, [method])
+
+
+def test_composes_with_structured_and_observe(sd15):
+    methods = [AStar(words=["cat", "frog"]), StructuredGuidance(), Observe(words=["cat"])]
+    images, result = with_attnkit(sd15, PROMPT, methods)
+    assert set(result.report.methods) == {"a_star", "structured", "observe"}
+    alone, _ = with_attnkit(sd15, PROMPT, methods[:1])
+    assert not np.array_equal(images, alone), "structured changes the run"
+    assert result.report["observe"].maps["cat"].shape == (1, 4, 4)
+
+
+def test_words_not_in_prompt(sd15):
+    with pytest.raises(attnkit.WordNotFoundError, match="'dog' is not in the prompt"):
+        with_attnkit(sd15, PROMPT, [AStar(words=["cat", "dog"])])
