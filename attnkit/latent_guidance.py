@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .errors import AttnKitError
 from .layers import choose_grid
 from .methods.base import Controller
+from .steps import StepInfo
 
 SMOOTHING = ("diffusers", "gaussian", "none")
 _BLOCK_ORDER = {"up": 0, "down": 1, "mid": 2}  # diffusers' store concatenates up, down, mid
@@ -148,6 +149,15 @@ class LatentController(Controller):
             for image in range(latents.shape[0]):
                 updated.append(self.optimise(latents[image : image + 1], step, image).detach())
         return torch.cat(updated)
+
+    def finish(self):
+        steps = {r["step"] for r in self.report.losses}
+        count = self.run.report.steps
+        if count and 0 not in steps and self.acts_at(StepInfo(0, count, 0.0)):
+            self.report.warnings.append(
+                "step 0 was not optimised: around your own pipeline call attnkit cannot change the first latents; "
+                "attnkit.generate() optimises every step"
+            )
 
     def acts_at(self, step) -> bool:
         """Whether this step gets a gradient pass."""

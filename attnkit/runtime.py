@@ -360,8 +360,8 @@ class Run:
                 c.begin_step(self.step)
         elif t != self.step.timestep:
             raise StepCallbackError(
-                "the pipeline moved to a new timestep without calling attnkit's step callback; pass "
-                "callback_on_step_end=run.callback to the pipeline call inside `with attnkit.attach(...) as run`"
+                "the pipeline moved to a new timestep without calling attnkit's step callback; call the pipeline "
+                "with **run.call_kwargs() inside `with attnkit.attach(...) as run` (callback_on_step_end=run.callback)"
             )
 
         self._call = self._describe_call(sample, text)
@@ -549,10 +549,11 @@ def attach(
 ) -> Iterator[Run]:
     """Attach attnkit to ``pipe`` for one pipeline call; restore every processor afterwards, whatever happens.
 
-    Pass ``run.callback`` as the pipeline's ``callback_on_step_end`` (or ``run.chained_callback(your_cb)``)::
+    Wire the run into the pipeline call with ``**run.call_kwargs()`` (its step callback, chained with yours if you
+    pass one, and the callback tensors latent-optimising methods need)::
 
         with attnkit.attach(pipe, [Observe(words=["car"])], prompt=prompt) as run:
-            image = pipe(prompt, callback_on_step_end=run.callback).images[0]
+            image = pipe(prompt, **run.call_kwargs()).images[0]
         maps = run.report["observe"].maps
 
     Raises:

@@ -151,6 +151,7 @@ class AStarController(LatentController):
         return latent
 
     def finish(self):
+        super().finish()
         losses = self.report.losses
         if losses:
             self.report.data["mean_loss"] = sum(r["loss"] for r in losses) / len(losses)

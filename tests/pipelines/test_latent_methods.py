@@ -170,3 +170,15 @@ def test_composes_with_structured_and_observe(sd15):
 def test_words_not_in_prompt(sd15):
     with pytest.raises(attnkit.WordNotFoundError, match="'dog' is not in the prompt"):
         with_attnkit(sd15, PROMPT, [AStar(words=["cat", "dog"])])
+
+
+def test_attach_with_call_kwargs_optimises_from_step_1(sd15):
+    with attnkit.attach(sd15, [AStar(words=["cat", "frog"])], prompt=PROMPT) as run:
+        sd15(PROMPT, **run.call_kwargs(), **FAST)
+    losses = run.report["a_star"].losses
+    assert [r["step"] for r in losses] == list(range(1, len(sd15.scheduler.timesteps)))
+    assert any("step 0 was not optimised" in w for w in run.report.warnings)
+    with pytest.raises(attnkit.StepCallbackError, match="needs the latents at each step end"):
+        with attnkit.attach(sd15, [AStar(words=["cat", "frog"])], prompt=PROMPT) as run:
+            sd15(PROMPT, callback_on_step_end=run.callback, callback_on_step_end_tensor_inputs=["prompt_embeds"],
+                 **FAST)

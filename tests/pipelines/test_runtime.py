@@ -111,7 +111,7 @@ def test_bad_word_fails_before_touching_the_pipeline(sd15):
 
 def test_missing_step_callback_is_a_clear_error(sd15):
     before = _processors(sd15)
-    with pytest.raises(StepCallbackError, match="callback_on_step_end=run.callback"):
+    with pytest.raises(StepCallbackError, match=r"\*\*run.call_kwargs\(\)"):
         with attnkit.attach(sd15, [Observe()], prompt=PROMPT):
             sd15(PROMPT, **FAST)
     assert _same_objects(before, _processors(sd15))
