@@ -1,0 +1,1 @@
+"""User-interface pieces: the field table (no UI library needed) and the Gradio panel (gradio imported inside)."""
