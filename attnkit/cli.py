@@ -135,7 +135,19 @@ def _generate(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    result.images[0].save(args.out)
+    if Path(args.out).suffix.lower() == ".png":  # the settings travel with the image (webui's PNG Info reads them)
+        from .presets import Preset
+
+        settings = {"steps": kwargs["num_inference_steps"], "seed": args.seed}
+        if args.cfg is not None:
+            settings["guidance_scale"] = args.cfg
+        if height and width:
+            settings.update(width=width, height=height)
+        Preset.from_methods(methods, settings=settings).save_png(
+            result.images[0], args.out, prompt=args.prompt, negative_prompt=args.negative_prompt or "",
+            model=args.model)
+    else:
+        result.images[0].save(args.out)
     print(f"saved {args.out}")
     if args.maps:
         result.heatmaps().save(args.maps)

@@ -282,10 +282,15 @@ class Preset:
     @classmethod
     def load(cls, name: str, directory: str | os.PathLike | None = None) -> "Preset":
         """A user preset by name (or a built-in one of that name)."""
-        path = _user_path(name, directory)
+        builtins = cls.builtins()
+        try:
+            path = _user_path(name, directory)
+        except PresetError:  # built-in names may hold characters user file names may not
+            if name in builtins:
+                return builtins[name]
+            raise
         if path.is_file():
             return cls.from_json(path.read_bytes())
-        builtins = cls.builtins()
         if name in builtins:
             return builtins[name]
         raise PresetError(f"no preset named {name!r}; saved presets: {', '.join(user_presets(directory)) or 'none'}")

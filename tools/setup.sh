@@ -14,7 +14,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip=(.venv/bin/python -m pip install -q --disable-pip-version-check -c tools/constraints.txt)
   "${pip[@]}" --upgrade pip
   "${pip[@]}" torch
-  "${pip[@]}" -e ".[dev]"
+  "${pip[@]}" -e ".[dev,ui]"
   # Only the CLIP vocabulary file of open-clip-torch is used (offline tokenizer); its dependencies must not come.
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps open-clip-torch
   echo "$want" > "$stamp"

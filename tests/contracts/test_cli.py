@@ -20,6 +20,12 @@ def test_generate_writes_image_maps_and_report(tmp_path, capsys):
                         "--report", str(report)])
     assert code == 0
     assert Image.open(out).size == (64, 64)
+    from attnkit.presets import Preset
+
+    preset = Preset.from_png(out)
+    assert preset.methods == [("observe", {"words": ["car", "blue bird"]})]
+    assert preset.settings == {"steps": 2, "seed": 0, "width": 64, "height": 64}
+    assert Image.open(out).text["parameters"].startswith("a red car and a blue bird\nSteps: 2, Seed: 0, Size: 64x64")
     assert Image.open(maps).size == (3 * 256, 256 + 25)
     data = json.loads(report.read_text())
     assert set(data["methods"]["observe"]["maps"]) == {"car", "blue bird"} and data["steps"] == 3

@@ -20,7 +20,7 @@ CLI_LINES = [
 
 
 def test_readme_has_examples():
-    assert len(PYTHON_BLOCKS) >= 3 and len(CLI_LINES) >= 3
+    assert len(PYTHON_BLOCKS) >= 4 and len(CLI_LINES) >= 3
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
@@ -35,6 +35,8 @@ def test_python_example_runs(index, tmp_path, monkeypatch, capsys):
         assert set(namespace["maps"]) == {"porcupine", "bird"}
     if index == 2:
         assert capsys.readouterr().out.strip() == "['a red car', 'a white sheep']"
+    if index == 3:
+        assert namespace["methods"][0].config.words == ["cat", "dog"]
 
 
 @pytest.mark.parametrize("line", CLI_LINES)

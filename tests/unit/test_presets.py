@@ -125,6 +125,8 @@ def test_user_presets_live_outside_the_package(tmp_path, monkeypatch):
     assert path == tmp_path / "mine" / "my colours.json"
     assert user_presets() == ["my colours"] and Preset.load("my colours") == preset
     assert Preset.load("A-STAR") == Preset.builtins()["A-STAR"]
+    name = "Keep attributes with objects (conjunction)"  # not a valid file name, but a built-in
+    assert Preset.load(name) == Preset.builtins()[name]
     delete_preset("my colours")
     assert user_presets() == []
     for bad in ("../evil", "", "a/b", "x" * 80, "dots..", "end."):

@@ -1,0 +1,453 @@
+"""The Gradio panel: generation controls, one accordion per method built from the field table, a word picker,
+presets, heatmaps. Used by the standalone app (``python extension.py``) and, later, by the webui script.
+
+Gradio is imported inside the functions, so ``attnkit`` imports without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import AttnKitError
+from ..methods import REGISTRY, get_method
+from ..presets import Preset, PresetError, delete_preset, user_presets
+from .fields import Field, fields_for
+
+logger = logging.getLogger("attnkit")
+
+METHOD_TITLES = {
+    "observe": "Attention maps (observe)",
+    "structured": "Structured Diffusion Guidance",
+    "attend_excite": "Attend-and-Excite",
+    "a_star": "A-STAR",
+}
+
+
+@dataclass
+class AppState:
+    """What one app instance holds: loaded pipelines (one lock each, so requests on a pipeline queue) and stop flags.
+    Nothing here is module-level: two apps in one process do not share it."""
+
+    default_model: str
+    loader: Any
+    pipes: dict[str, Any] = field(default_factory=dict)
+    locks: dict[str, threading.Lock] = field(default_factory=dict)
+    stops: dict[str, threading.Event] = field(default_factory=dict)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def pipe(self, model: str):
+        model = (model or self.default_model).strip()
+        with self.guard:
+            if model not in self.pipes:
+                self.pipes[model] = self.loader(model)
+                self.locks[model] = threading.Lock()
+            return self.pipes[model], self.locks[model]
+
+    def stop_event(self, session: str) -> threading.Event:
+        with self.guard:
+            return self.stops.setdefault(session or "-", threading.Event())
+
+
+# ------------------------------------------------------------------------------------------ values from widgets
+
+
+def _split(text) -> list[str] | None:
+    if text is None:
+        return None
+    if isinstance(text, list):
+        return [w for w in text if w] or None
+    items = [w.strip() for w in str(text).split(",") if w.strip()]
+    return items or None
+
+
+def widget_value_to_param(f: Field, value):
+    """Turn a widget's value into the config value (``None`` for empty optional fields)."""
+    import json
+
+    if f.kind in ("bool", "choice"):
+        return value
+    if f.kind == "int":
+        return int(value)
+    if f.kind == "float":
+        return float(value)
+    if f.kind == "words":
+        return _split(value)
+    if f.kind == "indices":
+        items = _split(value)
+        try:
+            return [int(i) for i in items] if items else None
+        except ValueError:
+            raise AttnKitError(f"{f.label}: write token positions such as 2, 5, got {value!r}") from None
+    if f.kind == "window":
+        parts = _split(value) or []
+        if len(parts) != 2:
+            raise AttnKitError(f"{f.label}: write two fractions, start and stop, e.g. 0.0, 1.0")
+        try:
+            return (float(parts[0]), float(parts[1]))
+        except ValueError:
+            raise AttnKitError(f"{f.label}: {value!r} is not two numbers such as 0.0, 1.0") from None
+    if f.kind == "windows":
+        try:
+            return [tuple(w) for w in json.loads(value)] if value else [(0.0, 1.0)]
+        except (ValueError, TypeError):
+            raise AttnKitError(f"{f.label}: write windows as [[start, stop], ...], got {value!r}") from None
+    if f.kind == "grid":
+        if not value or str(value).strip() == "auto":
+            return None
+        h, _, w = str(value).strip().lower().partition("x")
+        try:
+            return (int(h), int(w or h))
+        except ValueError:
+            raise AttnKitError(f"{f.label}: write auto or HxW such as 16x16, got {value!r}") from None
+    if f.kind == "thresholds":
+        try:
+            return {int(k): float(v) for k, v in json.loads(value or "{}").items()}
+        except (ValueError, TypeError, AttributeError):
+            raise AttnKitError(f"{f.label}: write {{\"step\": threshold, ...}}, got {value!r}") from None
+    raise AttnKitError(f"{f.key} has no widget")
+
+
+def param_to_widget_value(f: Field, value):
+    import json
+
+    if f.kind == "words" or f.kind == "indices":
+        return ", ".join(str(v) for v in value) if value else ""
+    if f.kind == "window":
+        return f"{value[0]:g}, {value[1]:g}"
+    if f.kind == "windows":
+        return json.dumps([list(w) for w in value])
+    if f.kind == "grid":
+        if value is None:
+            return "auto"
+        h, w = (value, value) if isinstance(value, int) else value
+        return f"{h}x{w}"
+    if f.kind == "thresholds":
+        return json.dumps({str(k): v for k, v in value.items()})
+    return value
+
+
+def panel_fields(method_id: str) -> list[Field]:
+    return [f for f in fields_for(method_id) if f.panel]
+
+
+def methods_from_controls(enabled: dict[str, bool], values: dict[str, dict[str, Any]], picked: list[str]):
+    """Method objects from the panel: picked words go to every enabled method whose own words box is empty."""
+    methods = []
+    for method_id in REGISTRY:
+        if not enabled.get(method_id):
+            continue
+        params = {}
+        for f in panel_fields(method_id):
+            params[f.name] = widget_value_to_param(f, values[method_id][f.name])
+        if "words" in params and params["words"] is None and method_id != "observe":
+            params["words"] = list(picked) or None
+        if method_id == "observe" and params.get("words") is None and picked:
+            params["words"] = list(picked)
+        if method_id in ("attend_excite", "a_star") and not params.get("words") and not params.get("token_indices"):
+            raise AttnKitError(f"{METHOD_TITLES[method_id]} needs words: pick them in the word picker")
+        methods.append(get_method(method_id)(**params))
+    return methods
+
+
+def word_choices(pipe, prompt: str) -> list[tuple[str, str]]:
+    """The prompt's words as the model tokenises them: ``(label, word)`` pairs, repeated words numbered."""
+    from ..models import family_of
+    from ..tokens import prompt_tokens
+
+    if not prompt or not prompt.strip():
+        return []
+    tokens = prompt_tokens(pipe, prompt, family_of(pipe)).attention
+    counts: dict[str, int] = {}
+    lower = [w.text.lower() for w in tokens.words]
+    out = []
+    for word in tokens.words:
+        key = word.text.lower()
+        counts[key] = counts.get(key, 0) + 1
+        query = f"{word.text}#{counts[key]}" if lower.count(key) > 1 else word.text
+        pieces = [tokens.tokens[p].replace("</w>", "").replace("▁", "") for p in word.positions]
+        label = query if len(pieces) <= 1 else f"{query} ({'·'.join(pieces)})"
+        if word.positions and word.positions[-1] > tokens.last_kept:
+            label += " (cut off)"
+        out.append((label, query))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the app
+
+
+def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | None = None):
+    """The standalone Gradio app.
+
+    Args:
+        loader: ``model name -> pipeline`` (default :func:`attnkit.load_pipeline`).
+        default_model: what the model box starts with.
+        preset_dir: folder of user presets (default :func:`attnkit.presets.user_dir`).
+    """
+    import gradio as gr
+
+    from ..models import TINY_IMAGE_SIZE, is_tiny, load_pipeline
+    from ..runtime import generate
+
+    state = AppState(default_model, loader or load_pipeline)
+    method_ids = list(REGISTRY)
+    controls: dict[str, dict[str, Any]] = {}
+    toggles: dict[str, Any] = {}
+
+    def preset_names():
+        return list(Preset.builtins()) + [n for n in user_presets(preset_dir) if n not in Preset.builtins()]
+
+    with gr.Blocks(title="attnkit") as demo:
+        gr.Markdown("## attnkit: cross-attention control")
+        with gr.Row():
+            with gr.Column(scale=3):
+                model = gr.Textbox(label="Model", value=default_model, elem_id="ak-model")
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="ak-prompt")
+                negative = gr.Textbox(label="Negative prompt", elem_id="ak-negative")
+                picker = gr.CheckboxGroup(label="Words (pick the subjects the methods act on)", choices=[],
+                                          elem_id="ak-words")
+                # the picked words as text: what generation reads (API callers pass it directly)
+                picked = gr.Textbox(visible=False, elem_id="ak-picked")
+                with gr.Row():
+                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="ak-seed")
+                    steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="ak-steps")
+                    cfg = gr.Slider(0, 20, value=7.5, step=0.5, label="CFG scale", elem_id="ak-cfg")
+                with gr.Row():
+                    width = gr.Slider(64, 2048, value=TINY_IMAGE_SIZE, step=8, label="Width", elem_id="ak-width")
+                    height = gr.Slider(64, 2048, value=TINY_IMAGE_SIZE, step=8, label="Height", elem_id="ak-height")
+                compare = gr.Checkbox(label="Compare with baseline (same seed, no attnkit)", value=False,
+                                      elem_id="ak-compare")
+                for method_id in method_ids:
+                    with gr.Accordion(METHOD_TITLES[method_id], open=False, elem_id=f"ak-acc-{method_id}"):
+                        toggles[method_id] = gr.Checkbox(label=f"Enable {METHOD_TITLES[method_id]}", value=False,
+                                                         elem_id=f"ak-enable-{method_id}")
+                        controls[method_id] = {}
+                        for f in panel_fields(method_id):
+                            controls[method_id][f.name] = _widget(gr, f)
+                with gr.Accordion("Presets", open=False, elem_id="ak-acc-presets"):
+                    preset_choice = gr.Dropdown(label="Preset", choices=preset_names(), elem_id="ak-preset")
+                    with gr.Row():
+                        load_button = gr.Button("Load", elem_id="ak-preset-load")
+                        delete_button = gr.Button("Delete", elem_id="ak-preset-delete")
+                    preset_name = gr.Textbox(label="Save as", elem_id="ak-preset-name")
+                    save_button = gr.Button("Save", elem_id="ak-preset-save")
+                    share = gr.Textbox(label="Share code (paste one and press Import)", elem_id="ak-share")
+                    with gr.Row():
+                        export_button = gr.Button("Export share code", elem_id="ak-export")
+                        import_button = gr.Button("Import", elem_id="ak-import")
+                    png = gr.File(label="Import from a PNG or preset file", file_types=[".png", ".json"],
+                                  elem_id="ak-import-file")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    run_button = gr.Button("Generate", variant="primary", elem_id="ak-generate")
+                    stop_button = gr.Button("Stop", elem_id="ak-stop")
+                images = gr.Gallery(label="Result", columns=2, elem_id="ak-images")
+                heatmaps = gr.Gallery(label="Attention heatmaps", columns=3, elem_id="ak-heatmaps")
+                download = gr.File(label="PNG with settings", elem_id="ak-download")
+                status = gr.Markdown(elem_id="ak-status")
+
+        flat = [(m, f) for m in method_ids for f in panel_fields(m)]
+        widgets = [controls[m][f.name] for m, f in flat]
+        toggle_list = [toggles[m] for m in method_ids]
+
+        def read_controls(values):
+            enabled = dict(zip(method_ids, values[: len(method_ids)]))
+            per: dict[str, dict[str, Any]] = {m: {} for m in method_ids}
+            for (m, f), v in zip(flat, values[len(method_ids):]):
+                per[m][f.name] = v
+            return enabled, per
+
+        def update_words(model_name, text, current):
+            try:
+                pipe, _ = state.pipe(model_name)
+                choices = word_choices(pipe, text)
+            except AttnKitError as exc:
+                return gr.update(choices=[], value=[], label=f"Words ({exc})")
+            keep = [v for v in (current or []) if v in {c[1] for c in choices}]
+            return gr.update(choices=choices, value=keep, label="Words (pick the subjects the methods act on)")
+
+        prompt.change(update_words, [model, prompt, picker], picker)
+        model.change(update_words, [model, prompt, picker], picker)
+        picker.change(lambda chosen: ", ".join(chosen or []), picker, picked)
+
+        def run(model_name, text, neg, words, seed_value, n_steps, scale, w, h, baseline, *values,
+                request: gr.Request = None, progress=gr.Progress()):
+            session = getattr(request, "session_hash", "-") if request is not None else "-"
+            stop = state.stop_event(session)
+            stop.clear()
+            try:
+                if not text or not text.strip():
+                    raise AttnKitError("type a prompt first")
+                enabled, per = read_controls(values)
+                methods = methods_from_controls(enabled, per, _split(words) or [])
+                pipe, lock = state.pipe(model_name)
+                kwargs = dict(num_inference_steps=int(n_steps), guidance_scale=float(scale), width=int(w),
+                              height=int(h))
+                if neg:
+                    kwargs["negative_prompt"] = neg
+
+                def on_step(step):
+                    progress((step.index + 1, step.count), desc=f"step {step.index + 1}/{step.count}")
+
+                def halt(pipeline, i, t, cb_kwargs):
+                    if stop.is_set():
+                        pipeline._interrupt = True
+                    return {}
+
+                with lock:
+                    result = generate(pipe, text, methods, seed=int(seed_value), on_step=on_step,
+                                      callback_on_step_end=halt, **kwargs)
+                    base = None
+                    if baseline and not stop.is_set():
+                        base = generate(pipe, text, [], seed=int(seed_value), callback_on_step_end=halt, **kwargs)
+                if stop.is_set():
+                    return gr.update(), gr.update(), gr.update(), "Stopped; the pipeline is restored."
+                gallery = [(result.images[0], "attnkit")]
+                if base is not None:
+                    gallery.append((base.images[0], "baseline"))
+                maps = []
+                for method_id, report in result.report.methods.items():
+                    for word, m in report.maps.items():
+                        from ..viz import overlay
+
+                        maps.append((overlay(result.images[0], m[0]), f"{method_id}: {word}"))
+                preset = Preset.from_methods(methods, settings={"steps": int(n_steps), "guidance_scale": float(scale),
+                                                                 "seed": int(seed_value), "width": int(w),
+                                                                 "height": int(h)})
+                out = Path(tempfile.mkdtemp(prefix="attnkit-")) / "attnkit.png"
+                preset.save_png(result.images[0], out, prompt=text, negative_prompt=neg or "", model=model_name)
+                notes = result.report.warnings
+                message = "Done." + "".join(f"\n- {n}" for n in notes)
+                return gallery, maps, str(out), message
+            except AttnKitError as exc:
+                raise gr.Error(str(exc)) from None
+            except Exception as exc:  # a readable message, never a trace in the UI
+                logger.exception("attnkit generation failed")
+                raise gr.Error(f"generation failed: {type(exc).__name__}: {exc}") from None
+
+        event = run_button.click(
+            run, [model, prompt, negative, picked, seed, steps, cfg, width, height, compare, *toggle_list, *widgets],
+            [images, heatmaps, download, status], concurrency_limit=1,
+        )
+
+        def request_stop(request: gr.Request = None):
+            state.stop_event(getattr(request, "session_hash", "-") if request is not None else "-").set()
+            return "Stopping..."
+
+        stop_button.click(request_stop, None, status, queue=False)
+
+        # presets ---------------------------------------------------------------------------------------------
+
+        def apply(preset: Preset):
+            """Control values for a preset: its methods enabled with their params, others disabled."""
+            chosen = dict(preset.methods)
+            updates = [gr.update(value=m in chosen) for m in method_ids]
+            for m, f in flat:
+                value = chosen.get(m, {}).get(f.name, f.default) if m in chosen else f.default
+                updates.append(gr.update(value=param_to_widget_value(f, value)))
+            s = preset.settings
+            updates += [gr.update(value=s["steps"]) if "steps" in s else gr.update(),
+                        gr.update(value=s["guidance_scale"]) if "guidance_scale" in s else gr.update(),
+                        gr.update(value=s["seed"]) if "seed" in s else gr.update()]
+            return updates
+
+        preset_outputs = [*toggle_list, *widgets, steps, cfg, seed]
+
+        def load_preset(name):
+            if not name:
+                raise gr.Error("choose a preset first")
+            try:
+                return apply(Preset.load(name, preset_dir))
+            except AttnKitError as exc:
+                raise gr.Error(str(exc)) from None
+
+        def current_preset(values, name=""):
+            enabled, per = read_controls(values)
+            methods = []
+            for m in method_ids:
+                if enabled.get(m):
+                    params = {f.name: widget_value_to_param(f, per[m][f.name]) for f in panel_fields(m)}
+                    methods.append((m, params))
+            return Preset.from_dict({"attnkit": 1, "name": name, "methods": [
+                {"id": m, "params": _prune(m, p)} for m, p in methods]})
+
+        def save_preset(name, *values):
+            try:
+                current_preset(values, name).save(preset_dir)
+            except AttnKitError as exc:
+                raise gr.Error(str(exc)) from None
+            return gr.update(choices=preset_names(), value=name), f"Saved preset {name!r}."
+
+        def remove_preset(name):
+            try:
+                delete_preset(name, preset_dir)
+            except AttnKitError as exc:
+                raise gr.Error(str(exc)) from None
+            return gr.update(choices=preset_names(), value=None), f"Deleted preset {name!r}."
+
+        def export_code(*values):
+            try:
+                return current_preset(values).to_share_code()
+            except AttnKitError as exc:
+                raise gr.Error(str(exc)) from None
+
+        def import_code(code):
+            try:
+                return apply(Preset.from_share_code(code or ""))
+            except AttnKitError as exc:
+                raise gr.Error(str(exc)) from None
+
+        def import_file(upload):
+            if upload is None:
+                return [gr.update() for _ in preset_outputs]
+            path = upload if isinstance(upload, str) else upload.name
+            try:
+                preset = Preset.from_json(Path(path).read_bytes()) if path.endswith(".json") else Preset.from_png(path)
+                return apply(preset)
+            except AttnKitError as exc:
+                raise gr.Error(str(exc)) from None
+
+        load_button.click(load_preset, preset_choice, preset_outputs)
+        save_button.click(save_preset, [preset_name, *toggle_list, *widgets], [preset_choice, status])
+        delete_button.click(remove_preset, preset_choice, [preset_choice, status])
+        export_button.click(export_code, [*toggle_list, *widgets], share)
+        import_button.click(import_code, share, preset_outputs)
+        png.upload(import_file, png, preset_outputs)
+        demo.attnkit_state = state  # for tests and hosts
+        demo.attnkit_event = event
+    return demo
+
+
+def _prune(method_id: str, params: dict) -> dict:
+    """Only values that differ from the defaults, as JSON-ready data."""
+    import json
+
+    out = {}
+    for f in fields_for(method_id):
+        if f.name in params and params[f.name] != f.default:
+            out[f.name] = json.loads(json.dumps(params[f.name], default=list))
+    return out
+
+
+def _widget(gr, f: Field):
+    """A Gradio component for a field row."""
+    elem = f"ak-{f.key}"
+    value = param_to_widget_value(f, f.default)
+    label = f.label
+    if f.kind == "bool":
+        return gr.Checkbox(label=label, value=value, info=f.help, elem_id=elem)
+    if f.kind in ("int", "float"):
+        return gr.Slider(f.minimum, f.maximum, value=value, step=f.step, label=label, info=f.help, elem_id=elem)
+    if f.kind == "choice":
+        return gr.Dropdown(choices=list(f.choices), value=value, label=label, info=f.help, elem_id=elem)
+    if f.kind == "window":
+        return gr.Textbox(value=value, label=f"{label} (start, stop)", info=f.help, elem_id=elem)
+    if f.kind == "grid":
+        return gr.Textbox(value=value, label=f"{label} (auto or HxW)", info=f.help, elem_id=elem)
+    placeholder = {"words": "empty: the picked words", "indices": "e.g. 2, 5", "windows": "[[0, 1]]",
+                   "thresholds": '{"0": 0.05}'}.get(f.kind, "")
+    return gr.Textbox(value=value, label=label, info=f.help, placeholder=placeholder, elem_id=elem)

@@ -1,0 +1,167 @@
+"""The Gradio app, driven through its API (gradio_client): generation, errors, presets, concurrency."""
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+
+import attnkit  # noqa: E402
+from attnkit.methods import REGISTRY  # noqa: E402
+from attnkit.presets import Preset  # noqa: E402
+from attnkit.ui.panel import build_app, panel_fields, param_to_widget_value, word_choices  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    pipes = {}
+
+    def loader(name):  # one tiny pipeline per name, built once
+        if name not in pipes:
+            pipes[name] = attnkit.load_pipeline(name, device="cpu")
+        return pipes[name]
+
+    demo = build_app(loader=loader, preset_dir=str(tmp_path_factory.mktemp("presets")))
+    demo.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    yield demo
+    demo.close()
+
+
+def defaults(enable=(), **overrides):
+    """Positional inputs of /run: enable toggles then every field's default widget value."""
+    toggles = [m in enable for m in REGISTRY]
+    values = []
+    for m in REGISTRY:
+        for f in panel_fields(m):
+            values.append(overrides.get(f.key, param_to_widget_value(f, f.default)))
+    return toggles + values
+
+
+def call_run(client, prompt, words=(), seed=0, enable=(), compare=False, **overrides):
+    return client.predict("tiny-sd15", prompt, "", ", ".join(words), seed, 3, 7.5, 64, 64, compare,
+                          *defaults(enable, **overrides), api_name="/run")
+
+
+def pixels(gallery, index=0):
+    return np.asarray(Image.open(gallery[index]["image"]).convert("RGB"))
+
+
+def test_word_picker_choices(app):
+    pipe = app.attnkit_state.pipe("tiny-sd15")[0]
+    assert word_choices(pipe, "a porcupine and a porcupine") == [
+        ("a#1", "a#1"), ("porcupine#1 (por·cup·ine)", "porcupine#1"), ("and", "and"), ("a#2", "a#2"),
+        ("porcupine#2 (por·cup·ine)", "porcupine#2")]
+    assert word_choices(pipe, "") == []
+
+
+def test_generate_with_observe_and_baseline(app):
+    client = Client(app.local_url, verbose=False)
+    images, maps, png, status = call_run(client, "a red car and a blue bird", ["car", "bird"], enable=("observe",),
+                                         compare=True)
+    assert len(images) == 2 and [i["caption"] for i in images] == ["attnkit", "baseline"]
+    assert np.array_equal(pixels(images, 0), pixels(images, 1)), "observe changes nothing"
+    assert [m["caption"] for m in maps] == ["observe: car", "observe: bird"]
+    preset = Preset.from_png(png)
+    assert preset.methods == [("observe", {"words": ["car", "bird"]})] and preset.settings["seed"] == 0
+    assert status.startswith("Done.")
+
+
+def test_errors_are_readable(app):
+    client = Client(app.local_url, verbose=False)
+    with pytest.raises(Exception, match="A-STAR needs words: pick them in the word picker"):
+        call_run(client, "a cat and a dog", enable=("a_star",))
+    with pytest.raises(Exception, match="type a prompt first"):
+        call_run(client, "  ")
+    with pytest.raises(Exception, match="'cow' is not in the prompt"):
+        call_run(client, "a cat and a dog", ["cow"], enable=("observe",))
+
+
+def test_concurrent_requests_match_runs_alone(app):
+    client = Client(app.local_url, verbose=False)
+    jobs = {"a": dict(prompt="a red car and a white sheep", words=["car"], seed=1, enable=("structured",)),
+            "b": dict(prompt="a cat and a dog", words=["cat", "dog"], seed=2, enable=("a_star",))}
+    alone = {k: pixels(call_run(client, **j)[0]) for k, j in jobs.items()}
+    together, errors = {}, []
+
+    def work(key):
+        try:
+            together[key] = pixels(call_run(Client(app.local_url, verbose=False), **jobs[key])[0])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for key in jobs:
+        assert np.array_equal(together[key], alone[key])
+    assert not np.array_equal(alone["a"][:32, :32], alone["b"][:32, :32])
+
+
+def toggles(outputs):
+    return [o["value"] if isinstance(o, dict) else o for o in outputs[: len(REGISTRY)]]
+
+
+def test_presets_from_the_panel(app):
+    client = Client(app.local_url, verbose=False)
+    values = defaults(enable=("structured",), structured_conjunction=True)
+    code = client.predict(*values, api_name="/export_code")
+    assert Preset.from_share_code(code).methods == [("structured", {"conjunction": True})]
+    client.predict("my preset", *values, api_name="/save_preset")
+    loaded = client.predict("my preset", api_name="/load_preset")
+    assert toggles(loaded) == [m == "structured" for m in REGISTRY]
+    builtin = client.predict("Attend-and-Excite", api_name="/load_preset")
+    assert toggles(builtin) == [m == "attend_excite" for m in REGISTRY]
+    with pytest.raises(Exception, match="not an attnkit share code"):
+        client.predict("garbage", api_name="/import_code")
+    client.predict("my preset", api_name="/remove_preset")
+
+
+def test_stop_interrupts_and_restores(app):
+    client = Client(app.local_url, verbose=False)
+    pipe = app.attnkit_state.pipe("tiny-sd15")[0]
+    before = dict(pipe.unet.attn_processors)
+    job = client.submit("tiny-sd15", "a cat and a dog", "", "cat, dog", 0, 150, 7.5, 64, 64, False,
+                        *defaults(enable=("a_star",)), api_name="/run")
+    import time
+
+    deadline = time.time() + 60
+    while not app.attnkit_state.locks["tiny-sd15"].locked() and time.time() < deadline:
+        time.sleep(0.05)
+    client.predict(api_name="/request_stop")
+    images, maps, png, status = job.result(timeout=120)
+    assert status == "Stopped; the pipeline is restored."
+    assert all(before[k] is v for k, v in pipe.unet.attn_processors.items())
+
+
+def test_extension_starts_the_app_on_localhost(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "extension.py", "--port", str(port), "--presets", str(tmp_path)],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, page = time.time() + 120, ""
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert "attnkit" in page, proc.stdout.read().decode() if proc.poll() is not None else "no page"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,100 @@
+"""A real browser drives the app: type a prompt, pick two words, enable a method, generate, see the image and a
+heatmap; then load a built-in preset and see the controls change. Needs Debian's chromium and chromedriver
+(tools/test.sh installs them where it can); a screenshot is saved under artifacts/."""
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+import attnkit  # noqa: E402
+from attnkit.ui.panel import build_app  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromedriver are not installed")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    pipe = attnkit.load_pipeline("tiny-sd15", device="cpu")
+    demo = build_app(loader=lambda name: pipe, preset_dir=str(tmp_path_factory.mktemp("presets")))
+    demo.queue().launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    yield demo
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,2400",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def find(driver, css, timeout=60):
+    return WebDriverWait(driver, timeout).until(EC.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+
+def click(driver, element):
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+    driver.execute_script("arguments[0].click();", element)
+
+
+def test_generate_and_load_a_preset_in_a_browser(app, browser):
+    browser.get(app.local_url)
+    prompt = find(browser, "#ak-prompt textarea")
+    prompt.send_keys("a red car and a blue bird")
+    prompt.send_keys(Keys.TAB)  # blur: the word picker refreshes
+    WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ak-words input")) >= 7)
+    labels = {el.text.strip(): el for el in browser.find_elements(By.CSS_SELECTOR, "#ak-words label")}
+    for word in ("car", "bird"):
+        click(browser, labels[word].find_element(By.CSS_SELECTOR, "input"))
+    click(browser, find(browser, "#ak-acc-observe button, #ak-acc-observe .label-wrap"))
+    click(browser, find(browser, "#ak-enable-observe input"))
+    click(browser, find(browser, "#ak-generate"))
+    WebDriverWait(browser, 180).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#ak-images img") and d.find_elements(By.CSS_SELECTOR,
+                                                                                          "#ak-heatmaps img"))
+    captions = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "#ak-heatmaps .caption-label, "
+                                                                          "#ak-heatmaps figcaption")]
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "app-generate.png"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#ak-heatmaps img")
+    assert not captions or any("car" in c for c in captions)
+
+    # load a built-in preset: the structured toggle turns on, observe turns off
+    click(browser, find(browser, "#ak-acc-presets button, #ak-acc-presets .label-wrap"))
+    dropdown = find(browser, "#ak-preset input")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", dropdown)
+    dropdown.click()
+    option = find(browser, "#ak-preset [role='option'][aria-label='Keep attributes with objects (conjunction)']")
+    option.click()
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#ak-preset input").get_attribute("value")
+        == "Keep attributes with objects (conjunction)")
+    click(browser, find(browser, "#ak-preset-load"))
+    time.sleep(2)
+    click(browser, find(browser, "#ak-acc-structured button, #ak-acc-structured .label-wrap"))
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#ak-enable-structured input").is_selected())
+    assert not browser.find_element(By.CSS_SELECTOR, "#ak-enable-observe input").is_selected()
+    assert browser.find_element(By.CSS_SELECTOR, "#ak-structured_conjunction input").is_selected()
+    browser.save_screenshot(str(ARTIFACTS / "app-preset.png"))
