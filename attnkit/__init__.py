@@ -24,6 +24,7 @@ from .errors import (
 )
 from .layers import LayerInfo
 from .models import family_of, load_pipeline, tiny_pipeline
+from .presets import Preset, PresetError
 from .runtime import Report, Result, Run, attach, generate
 from .steps import StepInfo
 from .version import __version__
@@ -33,6 +34,8 @@ __all__ = [
     "AttnKitError",
     "LayerInfo",
     "ModelLoadError",
+    "Preset",
+    "PresetError",
     "Report",
     "Result",
     "Run",

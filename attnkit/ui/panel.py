@@ -31,22 +31,36 @@ METHOD_TITLES = {
 @dataclass
 class AppState:
     """What one app instance holds: loaded pipelines (one lock each, so requests on a pipeline queue) and stop flags.
-    Nothing here is module-level: two apps in one process do not share it."""
+    Nothing here is module-level: two apps in one process do not share it.
+
+    With ``lock_model`` the model box cannot load anything but the launch model (for ``--listen``/``--share``)."""
 
     default_model: str
     loader: Any
+    lock_model: bool = False
     pipes: dict[str, Any] = field(default_factory=dict)
     locks: dict[str, threading.Lock] = field(default_factory=dict)
+    loading: dict[str, threading.Lock] = field(default_factory=dict)
     stops: dict[str, threading.Event] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
 
     def pipe(self, model: str):
         model = (model or self.default_model).strip()
-        with self.guard:
-            if model not in self.pipes:
-                self.pipes[model] = self.loader(model)
+        if self.lock_model and model != self.default_model:
+            raise AttnKitError(f"this app serves only {self.default_model!r}; the model cannot be changed here")
+        with self.guard:  # short: the slow load below holds only this model's loading lock
+            if model in self.pipes:
+                return self.pipes[model], self.locks[model]
+            loading = self.loading.setdefault(model, threading.Lock())
+        with loading:
+            with self.guard:
+                if model in self.pipes:
+                    return self.pipes[model], self.locks[model]
+            pipe = self.loader(model)
+            with self.guard:
+                self.pipes[model] = pipe
                 self.locks[model] = threading.Lock()
-            return self.pipes[model], self.locks[model]
+                return pipe, self.locks[model]
 
     def stop_event(self, session: str) -> threading.Event:
         with self.guard:
@@ -180,20 +194,22 @@ def word_choices(pipe, prompt: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------------- the app
 
 
-def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | None = None):
+def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | None = None,
+              lock_model: bool = False):
     """The standalone Gradio app.
 
     Args:
         loader: ``model name -> pipeline`` (default :func:`attnkit.load_pipeline`).
         default_model: what the model box starts with.
         preset_dir: folder of user presets (default :func:`attnkit.presets.user_dir`).
+        lock_model: serve only ``default_model`` (the model box cannot load other paths or hub ids).
     """
     import gradio as gr
 
     from ..models import TINY_IMAGE_SIZE, is_tiny, load_pipeline
     from ..runtime import generate
 
-    state = AppState(default_model, loader or load_pipeline)
+    state = AppState(default_model, loader or load_pipeline, lock_model)
     method_ids = list(REGISTRY)
     controls: dict[str, dict[str, Any]] = {}
     toggles: dict[str, Any] = {}
@@ -205,7 +221,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
         gr.Markdown("## attnkit: cross-attention control")
         with gr.Row():
             with gr.Column(scale=3):
-                model = gr.Textbox(label="Model", value=default_model, elem_id="ak-model")
+                model = gr.Textbox(label="Model", value=default_model, elem_id="ak-model", interactive=not lock_model)
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="ak-prompt")
                 negative = gr.Textbox(label="Negative prompt", elem_id="ak-negative")
                 picker = gr.CheckboxGroup(label="Words (pick the subjects the methods act on)", choices=[],

@@ -26,6 +26,6 @@ def test_every_user_error_is_a_value_error():
     import attnkit
 
     for name in ("WordNotFoundError", "AlreadyAttachedError", "UnsupportedModelError", "ModelLoadError",
-                 "StepCallbackError"):
+                 "StepCallbackError", "PresetError"):
         cls = getattr(attnkit, name)
         assert issubclass(cls, attnkit.AttnKitError) and issubclass(cls, ValueError)

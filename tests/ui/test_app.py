@@ -165,3 +165,12 @@ def test_extension_starts_the_app_on_localhost(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_locked_model_refuses_other_sources(tmp_path):
+    from attnkit.ui.panel import AppState
+
+    state = AppState("tiny-sd15", lambda name: object(), lock_model=True)
+    with pytest.raises(attnkit.AttnKitError, match="serves only 'tiny-sd15'"):
+        state.pipe("/etc/passwd")
+    assert state.pipe("tiny-sd15")[0] is state.pipe("")[0]
