@@ -116,6 +116,7 @@ class Run:
         prompt: the prompt the pipeline will be called with; required when a method targets words.
         max_sequence_length: Flux's T5 length, if not the pipeline default (512).
         on_step: called with each finished :class:`StepInfo` (progress bars).
+        prompt_2: SDXL's second prompt, if the call passes one (words are then refused unless it equals prompt).
     """
 
     def __init__(
@@ -125,8 +126,10 @@ class Run:
         prompt: str | None = None,
         max_sequence_length: int | None = None,
         on_step: Callable[[StepInfo], None] | None = None,
+        prompt_2: str | None = None,
     ):
         self.pipe = pipe
+        self.prompt_2 = prompt_2
         self.family = family_of(pipe)
         self.denoiser = denoiser_of(pipe)
         self.prompt = prompt
@@ -172,6 +175,11 @@ class Run:
         if self._tokens is None:
             if self.prompt is None:
                 raise AttnKitError("this method targets words of the prompt: pass prompt=... to attach()")
+            if self.prompt_2 not in (None, "", self.prompt) and self.family == "sdxl":
+                raise AttnKitError(
+                    "prompt_2 differs from prompt: SDXL's attention keys then mix two token sequences and a word "
+                    "has no single position; leave prompt_2 unset (or equal to prompt) when a method targets words"
+                )
             self._tokens = prompt_tokens(self.pipe, self.prompt, self.family, self.max_sequence_length)
         return self._tokens
 
@@ -546,6 +554,7 @@ def attach(
     prompt: str | None = None,
     max_sequence_length: int | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    prompt_2: str | None = None,
 ) -> Iterator[Run]:
     """Attach attnkit to ``pipe`` for one pipeline call; restore every processor afterwards, whatever happens.
 
@@ -560,7 +569,8 @@ def attach(
         AlreadyAttachedError: attnkit is already attached to this pipeline.
         WordNotFoundError: a method's word is not in ``prompt``.
     """
-    run = Run(pipe, methods, prompt=prompt, max_sequence_length=max_sequence_length, on_step=on_step)
+    run = Run(pipe, methods, prompt=prompt, max_sequence_length=max_sequence_length, on_step=on_step,
+              prompt_2=prompt_2)
     run.install()
     try:
         yield run
@@ -627,7 +637,7 @@ def generate(
     user_callback = pipe_kwargs.pop("callback_on_step_end", None)
     user_inputs = pipe_kwargs.pop("callback_on_step_end_tensor_inputs", None)
     with attach(pipe, methods, prompt=prompt, max_sequence_length=pipe_kwargs.get("max_sequence_length"),
-                on_step=on_step) as run:
+                on_step=on_step, prompt_2=pipe_kwargs.get("prompt_2")) as run:
         wiring = run.call_kwargs(user_callback)
         if user_inputs:
             wiring["callback_on_step_end_tensor_inputs"] = sorted(

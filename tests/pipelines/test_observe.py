@@ -115,3 +115,10 @@ def test_heatmap_grid(sd15):
     base, car, bird = (pixels[:256, i * 256 : (i + 1) * 256] for i in range(3))
     assert np.abs(car - base).mean() > 5 and np.abs(car - bird).mean() > 1
     assert pixels[256:, 256:512].min() < 100, "a dark label is drawn under the tile"
+
+
+def test_sdxl_prompt_2_must_match_when_words_are_targeted(sdxl):
+    with pytest.raises(attnkit.AttnKitError, match="prompt_2 differs from prompt"):
+        with_attnkit(sdxl, PROMPT, [Observe(words=["car"])], prompt_2="a photo of a dog")
+    _, result = with_attnkit(sdxl, PROMPT, [Observe(words=["car"])], prompt_2=PROMPT)
+    assert result.report["observe"].maps["car"].shape == (1, 4, 4)
