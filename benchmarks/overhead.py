@@ -71,7 +71,7 @@ class PeakMemory:
     def _sample(self):
         while not self._stop.is_set():
             self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(0.002)
+            time.sleep(0.01)
 
     def __exit__(self, *exc):
         if self.device.startswith("cuda"):
@@ -85,13 +85,16 @@ class PeakMemory:
 
 
 def measure(variants: dict, repeats: int, device: str) -> dict[str, tuple[float, int]]:
-    """Run each variant once to warm up, then ``repeats`` times interleaved; median seconds and max peak bytes."""
+    """Run each variant once to warm up, then ``repeats`` times interleaved, the order rotating every round so no
+    variant always runs first; median seconds and max peak bytes."""
     for fn in variants.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
     peaks: dict[str, int] = {name: 0 for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
+    names = list(variants)
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            fn = variants[name]
             with PeakMemory(device) as mem:
                 t0 = time.perf_counter()
                 fn()
