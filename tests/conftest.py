@@ -48,3 +48,25 @@ def with_attnkit(pipe, prompt, methods=(), seed=0, **kwargs):
     kwargs = {**FAST, **kwargs}
     result = attnkit.generate(pipe, prompt, methods, seed=seed, output_type="np", **kwargs)
     return np.asarray(result.images), result
+
+
+def in_threads(work, keys) -> dict:
+    """``{key: work(key)}`` with every call in its own thread, all running at once; re-raises the first error."""
+    import threading
+
+    results, errors = {}, []
+
+    def run(key):
+        try:
+            results[key] = work(key)
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

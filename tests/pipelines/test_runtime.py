@@ -1,7 +1,5 @@
 """The processor runtime on real (tiny) diffusers pipelines: idle identity, restore, lifecycle, threads."""
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from attnkit.methods import Observe
 from attnkit.models import denoiser_of
 from attnkit.processor import LayerProcessor
 
-from ..conftest import FAST, plain, with_attnkit
+from ..conftest import FAST, in_threads, plain, with_attnkit
 
 PROMPT = "a red car and a blue bird"
 
@@ -193,21 +191,7 @@ def test_two_threads_two_pipelines_match_sequential_runs():
         "b": (b, "a dog on a green sofa", [Observe(words=["sofa", "dog"], steps=[(0.0, 0.5)])], 6),
     }
     sequential = {k: with_attnkit(p, prompt, m, seed=s) for k, (p, prompt, m, s) in jobs.items()}
-    threaded, errors = {}, []
-
-    def work(key):
-        try:
-            pipe, prompt, methods, seed = jobs[key]
-            threaded[key] = with_attnkit(pipe, prompt, methods, seed=seed)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    threaded = in_threads(lambda key: with_attnkit(jobs[key][0], jobs[key][1], jobs[key][2], seed=jobs[key][3]), jobs)
     for key in jobs:
         images, result = threaded[key]
         ref_images, ref_result = sequential[key]

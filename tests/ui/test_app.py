@@ -1,7 +1,5 @@
 """The Gradio app, driven through its API (gradio_client): generation, errors, presets, concurrency."""
 
-import threading
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +11,8 @@ import attnkit  # noqa: E402
 from attnkit.methods import REGISTRY  # noqa: E402
 from attnkit.presets import Preset  # noqa: E402
 from attnkit.ui.panel import build_app, panel_fields, param_to_widget_value, word_choices  # noqa: E402
+
+from ..conftest import in_threads  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -84,20 +84,7 @@ def test_concurrent_requests_match_runs_alone(app):
     jobs = {"a": dict(prompt="a red car and a white sheep", words=["car"], seed=1, enable=("structured",)),
             "b": dict(prompt="a cat and a dog", words=["cat", "dog"], seed=2, enable=("a_star",))}
     alone = {k: pixels(call_run(client, **j)[0]) for k, j in jobs.items()}
-    together, errors = {}, []
-
-    def work(key):
-        try:
-            together[key] = pixels(call_run(Client(app.local_url, verbose=False), **jobs[key])[0])
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    together = in_threads(lambda key: pixels(call_run(Client(app.local_url, verbose=False), **jobs[key])[0]), jobs)
     for key in jobs:
         assert np.array_equal(together[key], alone[key])
     assert not np.array_equal(alone["a"][:32, :32], alone["b"][:32, :32])
