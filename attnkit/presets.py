@@ -75,17 +75,19 @@ class Preset:
     @classmethod
     def from_methods(cls, methods, settings: dict | None = None, name: str = "", description: str = "") -> "Preset":
         """A preset of configured :mod:`attnkit.methods` objects (only non-default values are kept)."""
-        entries = []
-        for m in methods:
-            params = {}
-            for f in fields_for(m.id):
-                value = getattr(m.config, f.name)
-                if _jsonable(value) != _jsonable(f.default):
-                    params[f.name] = value
-            entries.append((m.id, params))
+        entries = [(m.id, {f.name: getattr(m.config, f.name) for f in fields_for(m.id)}) for m in methods]
+        return cls.from_params(entries, settings, name, description)
+
+    @classmethod
+    def from_params(cls, entries, settings: dict | None = None, name: str = "", description: str = "") -> "Preset":
+        """A validated preset of ``[(method id, params)]``; values equal to the field table's defaults are dropped."""
+        methods = []
+        for method_id, params in entries:
+            defaults = {f.name: _jsonable(f.default) for f in fields_for(method_id)}
+            kept = {k: _jsonable(v) for k, v in params.items() if k not in defaults or _jsonable(v) != defaults[k]}
+            methods.append({"id": method_id, "params": kept})
         return cls.from_dict({"attnkit": SCHEMA_VERSION, "name": name, "description": description,
-                              "methods": [{"id": i, "params": _jsonable(p)} for i, p in entries],
-                              "settings": settings or {}})
+                              "methods": methods, "settings": settings or {}})
 
     def to_methods(self, words: list[str] | None = None) -> list:
         """The configured method objects of this preset.

@@ -130,10 +130,3 @@ MAX_MASK_SIDE = 256
 def fields_for(method_id: str) -> list[Field]:
     """The table rows of one method, in order."""
     return [f for f in FIELDS if f.method == method_id]
-
-
-def field(method_id: str, name: str) -> Field:
-    for f in FIELDS:
-        if f.method == method_id and f.name == name:
-            return f
-    raise KeyError(f"{method_id}.{name}")

@@ -388,8 +388,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 if enabled.get(m):
                     params = {f.name: widget_value_to_param(f, per[m][f.name]) for f in panel_fields(m)}
                     methods.append((m, params))
-            return Preset.from_dict({"attnkit": 1, "name": name, "methods": [
-                {"id": m, "params": _prune(m, p)} for m, p in methods]})
+            return Preset.from_params(methods, name=name)
 
         def save_preset(name, *values):
             try:
@@ -436,17 +435,6 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
         demo.attnkit_state = state  # for tests and hosts
         demo.attnkit_event = event
     return demo
-
-
-def _prune(method_id: str, params: dict) -> dict:
-    """Only values that differ from the defaults, as JSON-ready data."""
-    import json
-
-    out = {}
-    for f in fields_for(method_id):
-        if f.name in params and params[f.name] != f.default:
-            out[f.name] = json.loads(json.dumps(params[f.name], default=list))
-    return out
 
 
 def _widget(gr, f: Field):
