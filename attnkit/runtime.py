@@ -183,6 +183,25 @@ class Run:
             self._tokens = prompt_tokens(self.pipe, self.prompt, self.family, self.max_sequence_length)
         return self._tokens
 
+    def encode_text(self, text: str) -> torch.Tensor:
+        """The pipeline's own prompt embedding of ``text`` (``(1, T, C)``), as its encoder produces it."""
+        pipe = self.pipe
+        return pipe.encode_prompt(prompt=text, device=pipe._execution_device, num_images_per_prompt=1,
+                                  do_classifier_free_guidance=False)[0]
+
+    def text_encoders(self) -> list[tuple[str, Any, slice]]:
+        """``(token map name, tokenizer, feature slice)``: which tokenizer's positions apply to which features of
+        the prompt embedding (SDXL concatenates its two encoders' features)."""
+        pipe = self.pipe
+        if self.family == "sdxl":
+            first = pipe.text_encoder.config.hidden_size if pipe.text_encoder is not None else 0
+            parts = []
+            if pipe.text_encoder is not None:
+                parts.append(("tokenizer", pipe.tokenizer, slice(0, first)))
+            parts.append(("tokenizer_2", pipe.tokenizer_2, slice(first, None)))
+            return parts
+        return [("tokenizer", pipe.tokenizer, slice(None))]
+
     # ----------------------------------------------------------------------------------------- install/remove
 
     def install(self) -> None:

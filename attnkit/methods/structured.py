@@ -80,18 +80,6 @@ class StructuredConfig:
         self.steps = check_window(self.steps, "structured: steps")
 
 
-def _encoder_slices(pipe, family: str) -> list[tuple[str, slice]]:
-    """Which tokenizer's positions apply to which slice of the prompt embedding's features."""
-    if family == "sdxl":
-        first = pipe.text_encoder.config.hidden_size if pipe.text_encoder is not None else 0
-        parts = []
-        if pipe.text_encoder is not None:
-            parts.append(("tokenizer", slice(0, first)))
-        parts.append(("tokenizer_2", slice(first, None)))
-        return parts
-    return [("tokenizer", slice(None))]
-
-
 class StructuredController(Controller):
     """Phrases, their aligned sequences and the per-layer attention rule for one run.
 
@@ -103,7 +91,7 @@ class StructuredController(Controller):
 
     def __init__(self, method, run):
         super().__init__(method, run)
-        pipe, tokens = run.pipe, run.tokens
+        tokens = run.tokens
         self.phrases = self._phrases(run.prompt, tokens)
         self.sequences: list[torch.Tensor] = []
         self._checked = False
@@ -115,18 +103,18 @@ class StructuredController(Controller):
             self.report.data.update(phrases=[], mode=self._mode())
             return
         with torch.no_grad():
-            w0 = self._encode(run.prompt)
+            w0 = run.encode_text(run.prompt)
             self.sequences = [w0]
             substituted = w0.clone()
             spans = []
             for phrase in self.phrases:
-                own = self._encode(phrase.text)
+                own = run.encode_text(phrase.text)
                 aligned = w0.clone()
                 span = {}
-                for name, features in _encoder_slices(pipe, run.family):
+                for name, tokenizer, features in run.text_encoders():
                     tmap = tokens.maps[name]
                     positions = tmap.positions_of_chars(phrase.start, phrase.end)
-                    count = len(pipe_tokens(getattr(pipe, name), phrase.text))
+                    count = len(pipe_tokens(tokenizer, phrase.text))
                     if count != len(positions):
                         raise AttnKitError(
                             f"structured: {phrase.text!r} is {count} tokens alone but {len(positions)} inside the "
@@ -175,12 +163,6 @@ class StructuredController(Controller):
             self.report.warnings.append(f"{len(kept)} phrases found; using the first {MAX_PHRASES}")
             kept = kept[:MAX_PHRASES]
         return kept
-
-    def _encode(self, text: str) -> torch.Tensor:
-        pipe = self.run.pipe
-        out = pipe.encode_prompt(prompt=text, device=pipe._execution_device, num_images_per_prompt=1,
-                                 do_classifier_free_guidance=False)
-        return out[0]
 
     def bind(self, layers, latent_hw):
         if not self.phrases:

@@ -41,7 +41,7 @@ def test_alignment_splices_phrases_at_their_spans(pipes, family):
     w0, bear, hat = c.sequences
     assert c.report.data["phrases"][0]["tokens"]["tokenizer"] == [1, 5]
     assert c.report.data["phrases"][1]["tokens"]["tokenizer"] == [6, 9]
-    own = c._encode("a red teddy bear")
+    own = c.run.encode_text("a red teddy bear")
     torch.testing.assert_close(bear[:, 1:5], own[:, 1:5], rtol=0, atol=0)
     unchanged = torch.ones(77, dtype=torch.bool)
     unchanged[1:5] = False
