@@ -1,0 +1,413 @@
+"""attnkit inside hosts that patch attention through projected q/k/v: Forge and ComfyUI, and A1111 through an
+instance-level swap of its cross-attention modules that calls the same two functions.
+
+The patch contract these hosts share (ComfyUI ``comfy/ldm/modules/attention.py``, Forge ``backend/nn/unet.py``),
+per transformer block and per denoiser call:
+
+- ``attn2_patch(n, context, value, extra_options) -> (n, context, value)`` runs before the projections: ``n`` is the
+  normalised image tokens ``(B, N, C)``, ``context``/``value`` the text the keys/values are projected from
+  ``(B, T, C_text)``.
+- ``attn2_replace(q, k, v, extra_options) -> out``: ``q`` ``(B, N, H*D)``, ``k``/``v`` ``(B, T, H*D)`` already
+  projected; returns ``(B, N, H*D)`` before ``to_out``. It is keyed by ``(block, number, transformer_index)``.
+- ``extra_options``: ``n_heads``, ``dim_head``, ``block`` (``("input", 1)``...), ``transformer_index``,
+  ``original_shape`` (the latent ``[B, C, H, W]``), ``cond_or_uncond`` (one entry per equal batch chunk, ``0`` for a
+  conditional chunk, ``1`` for an unconditional one) and ``sigmas`` (the current noise level, one per row).
+
+:class:`HostRun` runs the methods that need nothing but these patches (``observe`` and ``structured``) with the same
+controllers, the same token maps and the same arithmetic as the diffusers runtime, so a host job and
+:func:`attnkit.generate` on the same model and prompt give the same maps and images. Latent-optimising methods need
+gradient passes through the host's own denoiser and control of its sampler's latents; the webui adapters run them
+on SD.Next's diffusers pipelines, and the ComfyUI nodes through their own sampler.
+
+Steps: the host's step index when it has one (A1111's ``on_cfg_denoiser``), else the position of the current sigma
+in the sampler's schedule (ComfyUI's ``sample_sigmas``), else a new step whenever the sigma changes; never by
+counting layer calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import AttnKitError, UnsupportedModelError
+from .layers import LayerInfo, grid_for
+from .methods.base import Controller, Method
+from .methods.observe import ObserveController
+from .methods.structured import StructuredController
+from .runtime import Report
+from .steps import StepInfo
+from .tokens import PromptTokens, TokenMap
+
+logger = logging.getLogger(__name__)
+
+#: methods that run through attention patches alone
+PATCH_METHODS = ("observe", "structured")
+#: query-grid downsample factors of the cross-attention layers of the released UNets of each family (used when
+#: the adapter cannot read them from the model, see :func:`unet_factors`)
+UNET_FACTORS = {"sd": (1, 2, 4, 8), "sdxl": (2, 4)}
+
+_EMPHASIS = re.compile(r"\\[()\[\]\\]|:\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*\)|[()\[\]]|[^\\()\[\]:]+|[\\:]")
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+
+
+def strip_weights(prompt: str) -> str:
+    """The text of the first 77-token chunk a webui/ComfyUI prompt parser tokenises.
+
+    Emphasis brackets and weights go (``"a (red car:1.2) and [sheep]"`` -> ``"a red car and sheep"``), escaped
+    brackets stay as characters, and what follows the first ``BREAK`` is dropped (the host encodes it as a later
+    chunk, whose positions no method addresses).
+    """
+    if not isinstance(prompt, str):
+        raise AttnKitError(f"prompt must be a string, got {type(prompt).__name__}")
+    first = _BREAK.split(prompt, maxsplit=1)[0]
+    out = []
+    for m in _EMPHASIS.finditer(first):
+        piece = m.group(0)
+        if piece.startswith("\\") and len(piece) == 2:
+            out.append(piece[1])
+        elif piece in "()[]" or piece.startswith(":") and piece.endswith(")"):
+            continue
+        else:
+            out.append(piece)
+    return re.sub(r"\s+", " ", "".join(out)).strip()
+
+
+def sdpa_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Plain attention on projected ``(B, N, H*D)`` tensors, the way the hosts' default attention computes it."""
+    b, n, inner = q.shape
+    d = inner // heads
+    split = [t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v)]
+    out = F.scaled_dot_product_attention(*split)
+    return out.transpose(1, 2).reshape(b, n, inner)
+
+
+class StepClock:
+    """Step index of each denoiser call from the host's noise level.
+
+    Args:
+        count: the number of steps of the sampling pass.
+        schedule: the sampler's sigmas (``count + 1`` values, the last 0) when the host exposes them.
+    """
+
+    def __init__(self, count: int, schedule: Iterable[float] | None = None):
+        self.count = max(int(count), 1)
+        self.schedule = [float(s) for s in schedule] if schedule is not None else None
+        self.index = -1
+        self.marker: float | None = None
+
+    def at(self, marker: float) -> int:
+        if self.schedule:
+            diffs = [abs(s - marker) for s in self.schedule[: max(len(self.schedule) - 1, 1)]]
+            self.index = min(range(len(diffs)), key=diffs.__getitem__)
+        elif self.marker is None or marker != self.marker:
+            self.index += 1
+        self.marker = marker
+        return self.index
+
+
+class HostRun:
+    """State of one host sampling pass with ``observe``/``structured`` active through attention patches.
+
+    Args:
+        methods: configured methods (only ``observe`` and ``structured``; others raise).
+        prompt: the prompt as the user typed it (weights and ``BREAK`` are stripped, see :func:`strip_weights`).
+        tokenizer: the host's CLIP tokenizer (a ``transformers`` tokenizer), used for token positions.
+        family: ``"sd"`` (1.x/2.x) or ``"sdxl"``.
+        steps: steps of the sampling pass.
+        encode: ``text -> (1, T, C)`` prompt embedding by the host's own text encoder (``structured`` needs it).
+        schedule: the sampler's sigmas, when the host exposes them (for step indices).
+        host: the host's name, for messages.
+        fallback: ``(q, k, v, heads) -> out`` attention used where no method reads (the host's optimised one).
+        factors: query-grid factors of the model's cross-attention blocks (:func:`unet_factors`); default: those
+            of the family's released models.
+    """
+
+    def __init__(self, methods: Iterable[Method], prompt: str, tokenizer, *, family: str, steps: int,
+                 encode: Callable[[str], torch.Tensor] | None = None, schedule=None, host: str = "this host",
+                 fallback: Callable | None = None, factors: Iterable[int] | None = None):
+        if family not in UNET_FACTORS:
+            raise UnsupportedModelError(
+                f"attnkit's attention patches work on SD 1.x/2.x and SDXL UNets; {host} runs a {family} model here"
+            )
+        self.methods = list(methods)
+        other = [m.id for m in self.methods if m.id not in PATCH_METHODS]
+        if other:
+            raise UnsupportedModelError(
+                f"{', '.join(other)} cannot run through {host}'s attention patches (it optimises the latent with "
+                "gradient passes); use it in SD.Next, the attnkit app or Python"
+            )
+        self.family = family
+        self.factors = tuple(factors) if factors else UNET_FACTORS[family]
+        self.host = host
+        self.prompt = strip_weights(prompt)
+        self.pipe = None
+        self._tokenizer = tokenizer
+        self._encode = encode
+        self._tokens = PromptTokens({"tokenizer": TokenMap(self.prompt, tokenizer, 77)}, "tokenizer", 77)
+        self.report = Report()
+        self.clock = StepClock(steps, schedule)
+        self.fallback = fallback or sdpa_heads
+        self.step: StepInfo | None = None
+        self._host_step: int | None = None
+        self._last_index = -1
+        self.latent_hw: tuple[int, int] | None = None
+        self.layers: dict[int, LayerInfo] = {}
+        self._t0 = time.perf_counter()
+        self._finished = False
+        self.controllers: list[Controller] = [m.controller(self) for m in self.methods]
+        self.observers = [c for c in self.controllers if isinstance(c, ObserveController)]
+        self.structured = next(
+            (c for c in self.controllers if isinstance(c, StructuredController) and c.phrases), None
+        )
+
+    # --- what controllers ask of a run
+    @property
+    def tokens(self) -> PromptTokens:
+        return self._tokens
+
+    def encode_text(self, text: str) -> torch.Tensor:
+        if self._encode is None:
+            raise AttnKitError(f"structured needs the text encoder, which {self.host} did not provide")
+        out = self._encode(text)
+        if isinstance(out, dict):
+            out = out["crossattn"]
+        return out[:1] if out.ndim == 3 else out.unsqueeze(0)
+
+    def text_encoders(self):
+        return [("tokenizer", self._tokenizer, slice(None))]
+
+    # --- what the adapters install
+    @property
+    def needs_replace(self) -> bool:
+        """Whether ``attn2_replace`` must be installed (maps are read, or conjunction keys are grouped)."""
+        return bool(self.observers) or (self.structured is not None and self.structured.config.conjunction)
+
+    @property
+    def needs_patch(self) -> bool:
+        """Whether ``attn2_patch`` must be installed (structured rewrites the keys'/values' text)."""
+        return self.structured is not None
+
+    def set_step(self, index: int, count: int) -> None:
+        """The host's own step index and step count (A1111's and Forge's ``on_cfg_denoiser``); preferred over
+        the noise-level clock, which cannot tell a second model call within one step (Heun, DPM2) from a new step."""
+        self._host_step = int(index)
+        self.clock.count = max(int(count), 1)
+
+    def _advance(self, extra_options: dict) -> StepInfo:
+        if self._host_step is not None:
+            index = self._host_step
+            marker = float(index)
+        else:
+            sigmas = extra_options.get("sigmas")
+            marker = float(sigmas.flatten()[0]) if torch.is_tensor(sigmas) else float(sigmas if sigmas is not None else 0)
+            index = self.clock.at(marker)
+        if self.step is None or self.step.index != index:
+            if self.step is not None:
+                for c in self.controllers:
+                    c.end_step(self.step)
+            self.step = StepInfo(index, self.clock.count, marker)
+            self._last_index = max(self._last_index, index)
+            if self.latent_hw is None:
+                self._bind(extra_options)
+            for c in self.controllers:
+                c.begin_step(self.step)
+        return self.step
+
+    def _bind(self, extra_options: dict) -> None:
+        shape = extra_options.get("original_shape")
+        if shape is None:
+            raise AttnKitError(f"{self.host} gave no latent shape to the attention patch; cannot place the maps")
+        self.latent_hw = (int(shape[-2]), int(shape[-1]))
+        synthetic = [
+            LayerInfo(i, f"cross-attention at 1/{f}", f"1/{f}", "cross", "unet", i, int(extra_options.get("n_heads", 1)),
+                      int(extra_options.get("dim_head", 1)), f).with_grid(grid_for(
+                          LayerInfo(i, "", "", "cross", "unet", i, 1, 1, f), self.latent_hw))
+            for i, f in enumerate(self.factors)
+        ]
+        for c in self.observers:
+            c.bind(synthetic, self.latent_hw)
+        self._grids = {layer.grid[0] * layer.grid[1]: layer for layer in synthetic}
+
+    @staticmethod
+    def cond_rows(batch: int, extra_options: dict) -> torch.Tensor:
+        """Batch rows of conditional chunks."""
+        if "attnkit_cond_rows" in extra_options:
+            return torch.as_tensor(extra_options["attnkit_cond_rows"], dtype=torch.long)
+        chunks = extra_options.get("cond_or_uncond")
+        if not chunks:
+            return torch.arange(batch)
+        size = batch // len(chunks)
+        return torch.cat([torch.arange(i * size, (i + 1) * size) for i, c in enumerate(chunks) if c == 0] or
+                         [torch.zeros(0, dtype=torch.long)])
+
+    # --- the patches
+    def attn2_patch(self, n, context, value, extra_options):
+        """Rewrite the text the keys/values come from (``structured``) on conditional rows."""
+        step = self._advance(extra_options)
+        s = self.structured
+        if s is None or not s.wants_step(step):
+            return n, context, value
+        rows = self.cond_rows(context.shape[0], extra_options).to(context.device)
+        if value is None:
+            value = context
+        if rows.numel() == 0:
+            return n, context, value
+
+        def fit(offset):  # (g, 77, C) -> (g, T, C): the offsets address the first chunk's positions
+            offset = offset.to(context.device, context.dtype)
+            t = context.shape[1]
+            if t == offset.shape[1]:
+                return offset
+            pad = offset.new_zeros(offset.shape[0], t - offset.shape[1], offset.shape[2])
+            return torch.cat([offset, pad], dim=1) if t > offset.shape[1] else offset[:, :t]
+
+        if not s.config.conjunction:
+            value = value.clone()
+            value[rows] += fit(s.value_offset)
+            return n, context, value
+        key_offsets = fit(s.key_offsets)  # (G, T, C)
+        groups = key_offsets.shape[0]
+        keys = context.unsqueeze(1).repeat(1, groups, 1, 1)  # (B, G, T, C)
+        keys[rows] += key_offsets
+        values = value.clone()
+        values[rows] += fit(s.conj_value_offset)
+        values = values.unsqueeze(1).repeat(1, groups, 1, 1)
+        extra_options["attnkit_groups"] = groups
+        return n, keys.flatten(1, 2), values.flatten(1, 2)
+
+    def replace(self, previous: Callable | None = None) -> Callable:
+        """An ``attn2_replace`` for one block; ``previous`` is a replace another extension installed there, which
+        still computes the block's output."""
+
+        def attn2_replace(q, k, v, extra_options):
+            return self.attn2_replace(q, k, v, extra_options, previous)
+
+        attn2_replace.attnkit_previous = previous
+        return attn2_replace
+
+    def attn2_replace(self, q, k, v, extra_options, previous=None):
+        step = self._advance(extra_options)
+        heads = int(extra_options["n_heads"])
+
+        def attend(q_, k_, v_):
+            if previous is not None:
+                return previous(q_, k_, v_, extra_options)
+            return self.fallback(q_, k_, v_, heads)
+
+        groups = int(extra_options.get("attnkit_groups", 1))
+        rows = self.cond_rows(q.shape[0], extra_options).to(q.device)
+        if groups > 1:
+            t = k.shape[1] // groups
+            out = attend(q, k[:, :t], v[:, :t])
+            if rows.numel():
+                qc = q[rows]
+                parts = [attend(qc, k[rows, g * t:(g + 1) * t], v[rows, g * t:(g + 1) * t]) for g in range(groups)]
+                out = out.clone()
+                out[rows] = torch.stack(parts).mean(dim=0)
+            k = k[:, :t]
+        else:
+            out = attend(q, k, v)
+        readers = [c for c in self.observers if c.wants_step(step)]
+        if readers and rows.numel():
+            layer = self._grids.get(q.shape[1])
+            if layer is not None:
+                with torch.no_grad():
+                    b, n, inner = q.shape
+                    d = inner // heads
+                    qh = q[rows].reshape(-1, n, heads, d).transpose(1, 2)
+                    kh = k[rows].reshape(rows.numel(), -1, heads, d).transpose(1, 2)
+                    probs = (qh.float() @ kh.float().transpose(-1, -2) * d**-0.5).softmax(-1).mean(1)
+                for c in readers:
+                    if c.grid == layer.grid:
+                        with c.timed("attention_s"):
+                            c.on_probs(layer, step, probs)
+        return out
+
+    # --- the end
+    def finish(self) -> Report:
+        """End the last step and let every controller write its report (idempotent)."""
+        if self._finished:
+            return self.report
+        self._finished = True
+        if self.step is not None:
+            for c in self.controllers:
+                c.end_step(self.step)
+        self.report.steps = self._last_index + 1
+        self.report.grid = self.latent_hw
+        self.report.timings["total_s"] = time.perf_counter() - self._t0
+        for c in self.controllers:
+            c.finish()
+            self.report.methods[c.method.id] = c.report
+            self.report.warnings.extend(f"{c.method.id}: {w}" for w in c.report.warnings)
+        return self.report
+
+
+def unet_blocks(diffusion_model) -> list[tuple[tuple[str, int, int], int]]:
+    """``((block, number, transformer_index), downsample)`` for every transformer block of an ldm-layout UNet
+    (``input_blocks``, ``middle_block``, ``output_blocks``: A1111's, Forge's and ComfyUI's UNets). The key is what
+    ``set_model_attn2_replace`` takes; ``downsample`` is the block's query grid factor, followed through the
+    ``Downsample``/``Upsample`` modules."""
+    out = []
+    factor = 1
+
+    def transformers(block):
+        for module in block if hasattr(block, "__iter__") else [block]:
+            inner = getattr(module, "transformer_blocks", None)
+            if inner is not None:
+                yield len(inner)
+
+    def has(block, name):
+        return any(type(m).__name__ == name for m in (block if hasattr(block, "__iter__") else [block]))
+
+    for number, block in enumerate(getattr(diffusion_model, "input_blocks", None) or []):
+        if has(block, "Downsample"):
+            factor *= 2
+        for count in transformers(block):
+            out.extend((("input", number, i), factor) for i in range(count))
+    middle = getattr(diffusion_model, "middle_block", None)
+    if middle is not None:
+        for count in transformers(middle):
+            out.extend((("middle", 0, i), factor) for i in range(count))
+    for number, block in enumerate(getattr(diffusion_model, "output_blocks", None) or []):
+        for count in transformers(block):
+            out.extend((("output", number, i), factor) for i in range(count))
+        if has(block, "Upsample"):
+            factor //= 2
+    if not out:
+        raise UnsupportedModelError("this model has no UNet transformer blocks (input_blocks/output_blocks) to patch")
+    return out
+
+
+def unet_block_keys(diffusion_model) -> list[tuple[str, int, int]]:
+    """The ``(block, number, transformer_index)`` keys of :func:`unet_blocks`."""
+    return [key for key, _ in unet_blocks(diffusion_model)]
+
+
+def unet_factors(diffusion_model) -> tuple[int, ...]:
+    """The distinct query-grid factors of the transformer blocks of :func:`unet_blocks`."""
+    return tuple(sorted({f for _, f in unet_blocks(diffusion_model)}))
+
+
+def install_patches(run: HostRun, patcher, keys: list[tuple[str, int, int]]) -> dict[str, Any]:
+    """Install ``run``'s patches on a cloned ComfyUI/Forge ModelPatcher; returns what was installed.
+
+    A replace another extension already put on a block is wrapped: it still computes that block's output.
+    """
+    installed = {"patch": False, "replace": 0, "wrapped": 0}
+    if run.needs_patch:
+        patcher.set_model_attn2_patch(run.attn2_patch)
+        installed["patch"] = True
+    if run.needs_replace:
+        options = patcher.model_options.get("transformer_options", {})
+        existing = options.get("patches_replace", {}).get("attn2", {})
+        for block, number, index in keys:
+            previous = existing.get((block, number, index))
+            patcher.set_model_attn2_replace(run.replace(previous), block, number, index)
+            installed["replace"] += 1
+            installed["wrapped"] += previous is not None
+    return installed
