@@ -163,7 +163,7 @@ def methods_from_controls(enabled: dict[str, bool], values: dict[str, dict[str, 
         if method_id == "observe" and params.get("words") is None and picked:
             params["words"] = list(picked)
         if method_id in ("attend_excite", "a_star") and not params.get("words") and not params.get("token_indices"):
-            raise AttnKitError(f"{METHOD_TITLES[method_id]} needs words: pick them in the word picker")
+            raise AttnKitError(f"{METHOD_TITLES[method_id]} needs words: pick them in the word picker (in a webui, type them in the Words box)")
         methods.append(get_method(method_id)(**params))
     return methods
 
@@ -437,9 +437,9 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
     return demo
 
 
-def _widget(gr, f: Field):
-    """A Gradio component for a field row."""
-    elem = f"ak-{f.key}"
+def _widget(gr, f: Field, prefix: str = "ak"):
+    """A Gradio component for a field row (``elem_id`` = ``<prefix>-<field key>``)."""
+    elem = f"{prefix}-{f.key}"
     value = param_to_widget_value(f, f.default)
     label = f.label
     if f.kind == "bool":
