@@ -39,13 +39,13 @@ from .layers import LayerInfo, grid_for
 from .methods.base import Controller, Method
 from .methods.observe import ObserveController
 from .methods.structured import StructuredController
-from .runtime import Report
+from .runtime import Report, _StopForward
 from .steps import StepInfo
 from .tokens import PromptTokens, TokenMap
 
 logger = logging.getLogger(__name__)
 
-#: methods that run through attention patches alone
+#: methods that run through attention patches alone (the others also need a sampler wrapper, see HostRun)
 PATCH_METHODS = ("observe", "structured")
 #: query-grid downsample factors of the cross-attention layers of the released UNets of each family (used when
 #: the adapter cannot read them from the model, see :func:`unet_factors`)
@@ -110,11 +110,21 @@ class StepClock:
         return self.index
 
 
+class _GradPass:
+    """A conditional forward with gradients for a latent-optimising method: which layers it still has to read."""
+
+    def __init__(self, controller: Controller, remaining: set[int]):
+        self.controller = controller
+        self.remaining = remaining
+        self.maps: dict[int, torch.Tensor] = {}
+
+
 class HostRun:
-    """State of one host sampling pass with ``observe``/``structured`` active through attention patches.
+    """State of one host sampling pass with attnkit methods active through attention patches.
 
     Args:
-        methods: configured methods (only ``observe`` and ``structured``; others raise).
+        methods: configured methods. ``observe`` and ``structured`` need only the patches; the latent-optimising
+            ``attend_excite``/``a_star`` also need ``gradient`` (and a sampler wrapper that applies their updates).
         prompt: the prompt as the user typed it (weights and ``BREAK`` are stripped, see :func:`strip_weights`).
         tokenizer: the host's CLIP tokenizer (a ``transformers`` tokenizer), used for token positions.
         family: ``"sd"`` (1.x/2.x) or ``"sdxl"``.
@@ -123,31 +133,34 @@ class HostRun:
         schedule: the sampler's sigmas, when the host exposes them (for step indices).
         host: the host's name, for messages.
         fallback: ``(q, k, v, heads) -> out`` attention used where no method reads (the host's optimised one).
-        factors: query-grid factors of the model's cross-attention blocks (:func:`unet_factors`); default: those
-            of the family's released models.
+        blocks: ``[((block, number, transformer_index), downsample), ...]`` of the model (:func:`unet_blocks`);
+            default: one stand-in per query-grid factor of the family's released models.
+        gradient: ``(z, step, image) -> None``: runs the host's denoiser on the conditional branch of ``image`` for
+            the scaled latent ``z`` (``(1, C, h, w)``, DDPM scaling) at ``step``, with these patches active (the
+            sampler wrapper of a host that supports latent-optimising methods provides it).
     """
 
     def __init__(self, methods: Iterable[Method], prompt: str, tokenizer, *, family: str, steps: int,
                  encode: Callable[[str], torch.Tensor] | None = None, schedule=None, host: str = "this host",
-                 fallback: Callable | None = None, factors: Iterable[int] | None = None):
+                 fallback: Callable | None = None, blocks=None, gradient: Callable | None = None):
         if family not in UNET_FACTORS:
             raise UnsupportedModelError(
                 f"attnkit's attention patches work on SD 1.x/2.x and SDXL UNets; {host} runs a {family} model here"
             )
         self.methods = list(methods)
         other = [m.id for m in self.methods if m.id not in PATCH_METHODS]
-        if other:
+        if other and gradient is None:
             raise UnsupportedModelError(
                 f"{', '.join(other)} cannot run through {host}'s attention patches (it optimises the latent with "
-                "gradient passes); use it in SD.Next, the attnkit app or Python"
+                "gradient passes); use it in SD.Next, ComfyUI, the attnkit app or Python"
             )
         self.family = family
-        self.factors = tuple(factors) if factors else UNET_FACTORS[family]
         self.host = host
         self.prompt = strip_weights(prompt)
         self.pipe = None
         self._tokenizer = tokenizer
         self._encode = encode
+        self._gradient = gradient
         self._tokens = PromptTokens({"tokenizer": TokenMap(self.prompt, tokenizer, 77)}, "tokenizer", 77)
         self.report = Report()
         self.clock = StepClock(steps, schedule)
@@ -156,11 +169,22 @@ class HostRun:
         self._host_step: int | None = None
         self._last_index = -1
         self.latent_hw: tuple[int, int] | None = None
-        self.layers: dict[int, LayerInfo] = {}
+        if blocks is None:
+            blocks = [(("grid", f, 0), f) for f in UNET_FACTORS[family]]
+        names = {"input": "down", "middle": "mid", "output": "up"}
+        self._specs = [
+            LayerInfo(i, ".".join(str(x) for x in key), ".".join(str(x) for x in key), "cross",
+                      names.get(key[0], key[0]), int(key[1]), 1, 1, int(factor))
+            for i, (key, factor) in enumerate(blocks)
+        ]
+        self._by_key = {tuple(key): i for i, (key, _) in enumerate(blocks)}
+        self.layers: list[LayerInfo] = []
+        self._grad: _GradPass | None = None
         self._t0 = time.perf_counter()
         self._finished = False
         self.controllers: list[Controller] = [m.controller(self) for m in self.methods]
         self.observers = [c for c in self.controllers if isinstance(c, ObserveController)]
+        self.updaters = [c for c in self.controllers if c.updates_latents]
         self.structured = next(
             (c for c in self.controllers if isinstance(c, StructuredController) and c.phrases), None
         )
@@ -181,11 +205,41 @@ class HostRun:
     def text_encoders(self):
         return [("tokenizer", self._tokenizer, slice(None))]
 
+    def gradient_maps(self, controller: Controller, latent: torch.Tensor, step: StepInfo, image: int = 0,
+                      early_stop: bool = True) -> dict[int, torch.Tensor]:
+        """Per-head text-attention probabilities ``{layer index: (1, heads, N, T)}`` of ``controller.prob_layers``
+        as functions of ``latent`` (as :meth:`attnkit.Run.gradient_maps`), through the host's denoiser."""
+        self._grad = _GradPass(controller, set(controller.prob_layers))
+        try:
+            self._gradient(latent, step, image)
+        except _StopForward:
+            pass
+        finally:
+            grad, self._grad = self._grad, None
+        if grad.remaining:
+            raise AttnKitError(f"the gradient pass never reached {len(grad.remaining)} of the layers it reads")
+        return grad.maps
+
+    def update_latents(self, latents: torch.Tensor, step: StepInfo) -> torch.Tensor:
+        """Let every latent-optimising method update the DDPM-scaled ``latents`` before ``step``."""
+        if self.latent_hw is None:
+            self._bind({"original_shape": list(latents.shape)})
+        for c in self.updaters:
+            with c.timed("update_s"):
+                latents = c.update_latents(latents, step)
+        return latents
+
+    def step_at(self, sigma: float) -> StepInfo:
+        """The step a sampler is at for noise level ``sigma`` (from the schedule)."""
+        index = self.clock.at(float(sigma))
+        return StepInfo(index, self.clock.count, float(sigma))
+
     # --- what the adapters install
     @property
     def needs_replace(self) -> bool:
         """Whether ``attn2_replace`` must be installed (maps are read, or conjunction keys are grouped)."""
-        return bool(self.observers) or (self.structured is not None and self.structured.config.conjunction)
+        return bool(self.observers or self.updaters) or (
+            self.structured is not None and self.structured.config.conjunction)
 
     @property
     def needs_patch(self) -> bool:
@@ -199,6 +253,8 @@ class HostRun:
         self.clock.count = max(int(count), 1)
 
     def _advance(self, extra_options: dict) -> StepInfo:
+        if self._grad is not None:
+            return self.step
         if self._host_step is not None:
             index = self._host_step
             marker = float(index)
@@ -223,15 +279,17 @@ class HostRun:
         if shape is None:
             raise AttnKitError(f"{self.host} gave no latent shape to the attention patch; cannot place the maps")
         self.latent_hw = (int(shape[-2]), int(shape[-1]))
-        synthetic = [
-            LayerInfo(i, f"cross-attention at 1/{f}", f"1/{f}", "cross", "unet", i, int(extra_options.get("n_heads", 1)),
-                      int(extra_options.get("dim_head", 1)), f).with_grid(grid_for(
-                          LayerInfo(i, "", "", "cross", "unet", i, 1, 1, f), self.latent_hw))
-            for i, f in enumerate(self.factors)
-        ]
-        for c in self.observers:
-            c.bind(synthetic, self.latent_hw)
-        self._grids = {layer.grid[0] * layer.grid[1]: layer for layer in synthetic}
+        self.layers = [layer.with_grid(grid_for(layer, self.latent_hw)) for layer in self._specs]
+        for c in self.observers + self.updaters:
+            c.bind(self.layers, self.latent_hw)
+
+    def _layer(self, extra_options: dict, tokens: int) -> LayerInfo | None:
+        block = extra_options.get("block")
+        if block is not None:
+            index = self._by_key.get((block[0], block[1], extra_options.get("transformer_index", 0) or 0))
+            if index is not None:
+                return self.layers[index]
+        return next((layer for layer in self.layers if layer.grid[0] * layer.grid[1] == tokens), None)
 
     @staticmethod
     def cond_rows(batch: int, extra_options: dict) -> torch.Tensor:
@@ -312,20 +370,24 @@ class HostRun:
             k = k[:, :t]
         else:
             out = attend(q, k, v)
-        readers = [c for c in self.observers if c.wants_step(step)]
+        layer = self._layer(extra_options, q.shape[1])
+        if layer is None:
+            return out
+        grad = self._grad
+        if grad is not None:
+            if layer.index in grad.remaining:
+                grad.maps[layer.index] = _probs(q, k, heads, mean_heads=False)[..., :77]
+                grad.remaining.discard(layer.index)
+                if not grad.remaining:
+                    raise _StopForward
+            return out
+        readers = [c for c in self.observers if c.wants_step(step) and layer.index in c.prob_layers]
         if readers and rows.numel():
-            layer = self._grids.get(q.shape[1])
-            if layer is not None:
-                with torch.no_grad():
-                    b, n, inner = q.shape
-                    d = inner // heads
-                    qh = q[rows].reshape(-1, n, heads, d).transpose(1, 2)
-                    kh = k[rows].reshape(rows.numel(), -1, heads, d).transpose(1, 2)
-                    probs = (qh.float() @ kh.float().transpose(-1, -2) * d**-0.5).softmax(-1).mean(1)
-                for c in readers:
-                    if c.grid == layer.grid:
-                        with c.timed("attention_s"):
-                            c.on_probs(layer, step, probs)
+            with torch.no_grad():
+                probs = _probs(q[rows], k[rows], heads, mean_heads=True)
+            for c in readers:
+                with c.timed("attention_s"):
+                    c.on_probs(layer, step, probs)
         return out
 
     # --- the end
@@ -345,6 +407,17 @@ class HostRun:
             self.report.methods[c.method.id] = c.report
             self.report.warnings.extend(f"{c.method.id}: {w}" for w in c.report.warnings)
         return self.report
+
+
+def _probs(q: torch.Tensor, k: torch.Tensor, heads: int, mean_heads: bool) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d))`` of projected ``(B, N, H*D)``/``(B, T, H*D)``: ``(B, H, N, T)``, or
+    ``(B, N, T)`` averaged over heads (computed in float32)."""
+    b, n, inner = q.shape
+    d = inner // heads
+    qh = q.reshape(b, n, heads, d).transpose(1, 2).float()
+    kh = k.reshape(b, -1, heads, d).transpose(1, 2).float()
+    probs = (qh @ kh.transpose(-1, -2) * d**-0.5).softmax(-1)
+    return probs.mean(1) if mean_heads else probs
 
 
 def unet_blocks(diffusion_model) -> list[tuple[tuple[str, int, int], int]]:
@@ -393,7 +466,7 @@ def unet_factors(diffusion_model) -> tuple[int, ...]:
     return tuple(sorted({f for _, f in unet_blocks(diffusion_model)}))
 
 
-def install_patches(run: HostRun, patcher, keys: list[tuple[str, int, int]]) -> dict[str, Any]:
+def install_patches(run, patcher, keys: list[tuple[str, int, int]]) -> dict[str, Any]:
     """Install ``run``'s patches on a cloned ComfyUI/Forge ModelPatcher; returns what was installed.
 
     A replace another extension already put on a block is wrapped: it still computes that block's output.

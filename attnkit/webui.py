@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import AttnKitError, UnsupportedModelError
-from .hostkernel import PATCH_METHODS, HostRun, install_patches, strip_weights, unet_block_keys, unet_factors
+from .hostkernel import PATCH_METHODS, HostRun, install_patches, strip_weights, unet_block_keys, unet_blocks
 from .methods import REGISTRY
 from .presets import Preset, PresetError
 from .ui.fields import FIELDS, Field
@@ -470,7 +470,7 @@ class ForgeJob(Job):
         original = model.forge_objects.unet
         dm = original.model.diffusion_model
         run = HostRun(methods, _job_prompt(p, hires), find_tokenizer(model), family=family, steps=steps,
-                      encode=_encoder(model), host="Forge", factors=unet_factors(dm))
+                      encode=_encoder(model), host="Forge", blocks=unet_blocks(dm))
         unet = original.clone()
         install_patches(run, unet, unet_block_keys(dm))
         model.forge_objects.unet = unet
@@ -514,7 +514,7 @@ class A1111Job(Job):
         family = _family(model)
         dm = model.model.diffusion_model
         run = HostRun(methods, _job_prompt(p), find_tokenizer(model), family=family, steps=int(p.steps),
-                      encode=_encoder(model), host="A1111", factors=unet_factors(dm))
+                      encode=_encoder(model), host="A1111", blocks=unet_blocks(dm))
         state = self._state
         state.update(uncond=None, cond_rows=None, shape=None)
         modules = [(name, m) for name, m in dm.named_modules() if name.endswith("attn2") and hasattr(m, "to_q")]
@@ -536,7 +536,7 @@ class A1111Job(Job):
         for name, module in modules:
             own = module.__dict__.get("forward")  # another extension's instance-level forward: ours wraps it
             inner = own if own is not None else module.forward
-            module.forward = _swapped_forward(module, inner, run, state, job)
+            module.forward = _swapped_forward(module, inner, run, state, job, _block_of(name))
             self._undo.append(_putter(module, own))
         hook = dm.register_forward_pre_hook(pre_hook, with_kwargs=True)
         self._undo.append(hook.remove)
@@ -586,7 +586,20 @@ def _cond_rows(context, uncond) -> list[int] | None:
     return rows
 
 
-def _swapped_forward(module, inner, run: HostRun, state: dict, job: Job):
+def _block_of(name: str):
+    """``(block, number, transformer_index)`` of an ldm module path such as
+    ``input_blocks.4.1.transformer_blocks.0.attn2`` (``None`` for an unfamiliar layout)."""
+    parts = name.split(".")
+    try:
+        index = int(parts[parts.index("transformer_blocks") + 1])
+        if parts[0] == "middle_block":
+            return ("middle", 0, index)
+        return ({"input_blocks": "input", "output_blocks": "output"}[parts[0]], int(parts[1]), index)
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def _swapped_forward(module, inner, run: HostRun, state: dict, job: Job, block):
     heads = int(module.heads)
     dim_head = module.to_q.out_features // heads
 
@@ -595,6 +608,8 @@ def _swapped_forward(module, inner, run: HostRun, state: dict, job: Job):
         if context is None or state.get("shape") is None or _skip_pass(job, p, bool(getattr(p, "is_hr_pass", False))):
             return inner(x, context=context, mask=mask, **kwargs)
         extra = {"n_heads": heads, "dim_head": dim_head, "original_shape": state["shape"]}
+        if block is not None:
+            extra.update(block=block[:2], transformer_index=block[2])
         if state.get("cond_rows") is not None:
             extra["attnkit_cond_rows"] = state["cond_rows"]
         n, ctx, value = x, context, context
