@@ -10,7 +10,7 @@ BLOCK = """
 import sys
 for name in ("gradio", "comfy", "modules", "folder_paths", "matplotlib", "IPython"):
     sys.modules[name] = None  # importing any of them now raises ImportError
-import attnkit, attnkit.cli, attnkit.viz
+import attnkit, attnkit.cli, attnkit.viz, attnkit.webui, attnkit.hostkernel, attnkit.comfyui
 from attnkit.methods import Observe
 print("ok")
 """
@@ -29,3 +29,38 @@ def test_every_user_error_is_a_value_error():
                  "StepCallbackError", "PresetError"):
         cls = getattr(attnkit, name)
         assert issubclass(cls, attnkit.AttnKitError) and issubclass(cls, ValueError)
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_nodes_import_comfy_and_only_scripts_import_modules():
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT).parts
+        if rel[0] in (".venv", "tests", "build") or "site-packages" in rel:
+            continue
+        names = _imports(path)
+        if "comfy" in names or "folder_paths" in names:
+            assert rel[0] == "nodes", f"{path} imports comfy"
+        if "modules" in names:
+            assert rel[0] == "scripts", f"{path} imports the webui's modules"
+    assert sorted(p.name for p in (ROOT / "scripts").iterdir() if p.suffix == ".py") == ["attnkit_webui.py"]
+
+
+def test_comfy_registry_metadata():
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    comfy = data["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and "Icon" in comfy
+    assert data["project"]["name"] == "attnkit"
