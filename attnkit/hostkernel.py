@@ -8,8 +8,11 @@ per transformer block and per denoiser call:
   normalised image tokens ``(B, N, C)``, ``context``/``value`` the text the keys/values are projected from
   ``(B, T, C_text)``.
 - ``attn2_replace(q, k, v, extra_options) -> out``: ``q`` ``(B, N, H*D)``, ``k``/``v`` ``(B, T, H*D)`` already
-  projected; returns ``(B, N, H*D)`` before ``to_out``. It is keyed by ``(block, number, transformer_index)``.
-- ``extra_options``: ``n_heads``, ``dim_head``, ``block`` (``("input", 1)``...), ``transformer_index``,
+  projected; returns ``(B, N, H*D)`` before ``to_out``. It is keyed by ``(block, number, block_index)`` (the
+  block index being the transformer block's position inside its SpatialTransformer), or by ``(block, number)``
+  for every transformer block of that UNet block.
+- ``extra_options``: ``n_heads``, ``dim_head``, ``block`` (``("input", 1)``...), ``block_index`` (as in the key),
+  ``transformer_index`` (a counter over the whole UNet's SpatialTransformers: not part of the key),
   ``original_shape`` (the latent ``[B, C, H, W]``), ``cond_or_uncond`` (one entry per equal batch chunk, ``0`` for a
   conditional chunk, ``1`` for an unconditional one) and ``sigmas`` (the current noise level, one per row).
 
@@ -133,7 +136,7 @@ class HostRun:
         schedule: the sampler's sigmas, when the host exposes them (for step indices).
         host: the host's name, for messages.
         fallback: ``(q, k, v, heads) -> out`` attention used where no method reads (the host's optimised one).
-        blocks: ``[((block, number, transformer_index), downsample), ...]`` of the model (:func:`unet_blocks`);
+        blocks: ``[((block, number, block_index), downsample), ...]`` of the model (:func:`unet_blocks`);
             default: one stand-in per query-grid factor of the family's released models.
         gradient: ``(z, step, image) -> None``: runs the host's denoiser on the conditional branch of ``image`` for
             the scaled latent ``z`` (``(1, C, h, w)``, DDPM scaling) at ``step``, with these patches active (the
@@ -286,7 +289,7 @@ class HostRun:
     def _layer(self, extra_options: dict, tokens: int) -> LayerInfo | None:
         block = extra_options.get("block")
         if block is not None:
-            index = self._by_key.get((block[0], block[1], extra_options.get("transformer_index", 0) or 0))
+            index = self._by_key.get((block[0], block[1], extra_options.get("block_index", 0) or 0))
             if index is not None:
                 return self.layers[index]
         return next((layer for layer in self.layers if layer.grid[0] * layer.grid[1] == tokens), None)
@@ -421,7 +424,7 @@ def _probs(q: torch.Tensor, k: torch.Tensor, heads: int, mean_heads: bool) -> to
 
 
 def unet_blocks(diffusion_model) -> list[tuple[tuple[str, int, int], int]]:
-    """``((block, number, transformer_index), downsample)`` for every transformer block of an ldm-layout UNet
+    """``((block, number, block_index), downsample)`` for every transformer block of an ldm-layout UNet
     (``input_blocks``, ``middle_block``, ``output_blocks``: A1111's, Forge's and ComfyUI's UNets). The key is what
     ``set_model_attn2_replace`` takes; ``downsample`` is the block's query grid factor, followed through the
     ``Downsample``/``Upsample`` modules."""
@@ -457,7 +460,7 @@ def unet_blocks(diffusion_model) -> list[tuple[tuple[str, int, int], int]]:
 
 
 def unet_block_keys(diffusion_model) -> list[tuple[str, int, int]]:
-    """The ``(block, number, transformer_index)`` keys of :func:`unet_blocks`."""
+    """The ``(block, number, block_index)`` keys of :func:`unet_blocks`."""
     return [key for key, _ in unet_blocks(diffusion_model)]
 
 
@@ -469,7 +472,9 @@ def unet_factors(diffusion_model) -> tuple[int, ...]:
 def install_patches(run, patcher, keys: list[tuple[str, int, int]]) -> dict[str, Any]:
     """Install ``run``'s patches on a cloned ComfyUI/Forge ModelPatcher; returns what was installed.
 
-    A replace another extension already put on a block is wrapped: it still computes that block's output.
+    A replace another extension already put on a block is wrapped: it still computes that block's output. The host
+    looks a block's replace up by ``(block, number, index)`` first, then by ``(block, number)``; a replace another
+    extension keyed either way is the one the block would have run, so that one is wrapped.
     """
     installed = {"patch": False, "replace": 0, "wrapped": 0}
     if run.needs_patch:
@@ -479,7 +484,7 @@ def install_patches(run, patcher, keys: list[tuple[str, int, int]]) -> dict[str,
         options = patcher.model_options.get("transformer_options", {})
         existing = options.get("patches_replace", {}).get("attn2", {})
         for block, number, index in keys:
-            previous = existing.get((block, number, index))
+            previous = existing.get((block, number, index), existing.get((block, number)))
             patcher.set_model_attn2_replace(run.replace(previous), block, number, index)
             installed["replace"] += 1
             installed["wrapped"] += previous is not None

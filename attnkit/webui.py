@@ -149,8 +149,10 @@ def infotext_params(methods, options: JobOptions | None = None) -> dict[str, str
     words = sorted({w for m in methods for w in (getattr(m.config, "words", None) or [])})
     if words:
         out["AttnKit targets"] = "+".join(words)
-    if options is not None and options.hires:
-        out["AttnKit hires"] = "True"
+    if options is not None:
+        out["AttnKit exact tokens"] = str(bool(options.exact_tokens))
+        out["AttnKit hires"] = str(bool(options.hires))
+        out["AttnKit adetailer"] = str(bool(options.adetailer))
     return out
 
 
@@ -181,8 +183,12 @@ def expand_infotext(params: dict[str, Any]) -> None:
         value = chosen.get(c.method, {}).get(c.field.name, c.field.default)
         shown = param_to_widget_value(c.field, value)
         params[c.key] = str(shown) if c.field.kind != "bool" else str(bool(shown))
+    # the picked words live in each method's own words control (restored above): the shared box starts empty
     params["AttnKit words"] = ""
-    params.setdefault("AttnKit hires", "False")
+    defaults = JobOptions()
+    params.setdefault("AttnKit exact tokens", str(defaults.exact_tokens))
+    params.setdefault("AttnKit hires", str(defaults.hires))
+    params.setdefault("AttnKit adetailer", str(defaults.adetailer))
 
 
 def enabled_from_params(params: dict[str, Any]) -> bool:
@@ -587,7 +593,7 @@ def _cond_rows(context, uncond) -> list[int] | None:
 
 
 def _block_of(name: str):
-    """``(block, number, transformer_index)`` of an ldm module path such as
+    """``(block, number, block_index)`` of an ldm module path such as
     ``input_blocks.4.1.transformer_blocks.0.attn2`` (``None`` for an unfamiliar layout)."""
     parts = name.split(".")
     try:
@@ -609,7 +615,7 @@ def _swapped_forward(module, inner, run: HostRun, state: dict, job: Job, block):
             return inner(x, context=context, mask=mask, **kwargs)
         extra = {"n_heads": heads, "dim_head": dim_head, "original_shape": state["shape"]}
         if block is not None:
-            extra.update(block=block[:2], transformer_index=block[2])
+            extra.update(block=block[:2], block_index=block[2])
         if state.get("cond_rows") is not None:
             extra["attnkit_cond_rows"] = state["cond_rows"]
         n, ctx, value = x, context, context

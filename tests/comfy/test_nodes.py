@@ -128,7 +128,9 @@ def test_apply_patches_a_clone_and_leaves_the_model_untouched(pack, comfy_model,
     assert attnkit.Preset.from_share_code(out[-1]).methods[0][0] in node_name.lower().replace("attnkitapply", "").replace("astar", "a_star").replace("attendexcite", "attend_excite")
 
 
-def test_a_replace_another_pack_installed_is_still_called(pack, comfy_model):
+@pytest.mark.parametrize("keyed", ["block_index", "block"])
+def test_a_replace_another_pack_installed_is_still_called(pack, comfy_model, keyed):
+    """Another pack's replace, keyed (block, number, index) or (block, number) (ComfyUI looks up both), is wrapped."""
     model, clip = comfy_model
     calls = []
 
@@ -138,7 +140,7 @@ def test_a_replace_another_pack_installed_is_still_called(pack, comfy_model):
 
     other = model.clone()
     for key in hostkernel.unet_block_keys(model.model.diffusion_model):
-        other.set_model_attn2_replace(theirs, *key)
+        other.set_model_attn2_replace(theirs, *(key if keyed == "block_index" else key[:2]))
     plain, _ = sample(other, clip)
     calls.clear()
     node = pack.NODE_CLASS_MAPPINGS["AttnKitApplyObserve"]
@@ -167,7 +169,7 @@ def hostsim_encode(pipe, text):
 
 def _host_layer(run, attn, hidden, text, key=("input", 1, 0)):
     extra = {"n_heads": attn.heads, "dim_head": attn.to_q.out_features // attn.heads, "block": key[:2],
-             "transformer_index": key[2], "original_shape": [2, 4, 8, 8], "cond_or_uncond": [1, 0],
+             "block_index": key[2], "transformer_index": 7, "original_shape": [2, 4, 8, 8], "cond_or_uncond": [1, 0],
              "sigmas": torch.tensor([14.6, 14.6])}
     n, context, value = hidden, text, text
     if run.needs_patch:

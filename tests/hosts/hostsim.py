@@ -12,10 +12,12 @@ What each simulation mirrors (versions as in ``stubs/modules/__init__.py``):
   ``to_v``/``to_out`` and ``forward(x, context=None, mask=None)`` (A1111's ldm/sgm modules, Forge's
   ``backend/nn/unet.py``, ComfyUI's ``comfy/ldm``), sharing the weights of the diffusers UNet, which does the compute.
 - **Forge/ComfyUI patch semantics** (:func:`patched_attn2`): per transformer block, ``attn2_patch`` functions rewrite
-  ``(n, context, value)``, then a replace keyed by ``(block, number, transformer_index)`` gets projected q/k/v, else
-  the host's own attention runs; ``extra_options`` carries ``n_heads``, ``dim_head``, ``block``,
-  ``transformer_index``, ``original_shape``, ``cond_or_uncond`` and ``sigmas`` (ComfyUI ``BasicTransformerBlock._forward``
-  as of v0.3.x; Forge mirrors it). :class:`FakePatcher` clones the way ``ModelPatcher.clone`` does (a deep copy of
+  ``(n, context, value)``, then a replace keyed by ``(block, number, block_index)`` (else by ``(block, number)``)
+  gets projected q/k/v, else the host's own attention runs; ``extra_options`` carries ``n_heads``, ``dim_head``,
+  ``block``, ``block_index`` (the transformer block inside its SpatialTransformer, as in the key),
+  ``transformer_index`` (a counter over the UNet's SpatialTransformers, which is not the key's third part),
+  ``original_shape``, ``cond_or_uncond`` and ``sigmas`` (ComfyUI ``BasicTransformerBlock._forward`` and
+  ``SpatialTransformer.forward`` as of v0.3.x; Forge mirrors it). :class:`FakePatcher` clones the way ``ModelPatcher.clone`` does (a deep copy of
   ``model_options``, the model shared).
 - **k-diffusion-style sampling loop** (:func:`ldm_sample`): the A1111/Forge CFG denoiser batches conditional rows
   first, unconditional last, and fires ``on_cfg_denoiser`` with the step index before each model call.
@@ -144,11 +146,17 @@ class _Patched:
         return patched_attn2(attn, hidden_states, encoder_hidden_states, self.key, self.options, self.state)
 
 
+def _transformer_index(state, key) -> int:
+    """The host's running SpatialTransformer counter for ``key``'s block (first seen, first numbered)."""
+    order = state.setdefault("transformer_order", {})
+    return order.setdefault(tuple(key[:2]), len(order))
+
+
 def patched_attn2(attn, n, context, key, transformer_options, state):
     heads = attn.heads
     extra_options = {
-        "n_heads": heads, "dim_head": attn.to_q.out_features // heads, "block": key[:2], "block_index": key[1],
-        "transformer_index": key[2], "original_shape": list(state["shape"]), "cond_or_uncond": state["cond_or_uncond"],
+        "n_heads": heads, "dim_head": attn.to_q.out_features // heads, "block": key[:2], "block_index": key[2],
+        "transformer_index": _transformer_index(state, key), "original_shape": list(state["shape"]), "cond_or_uncond": state["cond_or_uncond"],
         "sigmas": state["sigmas"], **{k: v for k, v in transformer_options.items() if k not in ("patches", "patches_replace")},
     }
     patches = transformer_options.get("patches", {})

@@ -67,7 +67,7 @@ def test_replace_wraps_a_previous_replace_and_reads_maps(sd15):
 
     replace = run.replace(previous)
     q, k, v = torch.randn(2, 16, 8), torch.randn(2, 77, 8), torch.randn(2, 77, 8)
-    extra = {"n_heads": 2, "dim_head": 4, "block": ("input", 1), "transformer_index": 0, "original_shape": [2, 4, 4, 4], "cond_or_uncond": [1, 0], "sigmas": torch.tensor([1.0, 1.0])}
+    extra = {"n_heads": 2, "dim_head": 4, "block": ("input", 1), "block_index": 0, "transformer_index": 3, "original_shape": [2, 4, 4, 4], "cond_or_uncond": [1, 0], "sigmas": torch.tensor([1.0, 1.0])}
     out = replace(q, k, v, extra)
     assert seen == [(2, 16, 8)] and torch.equal(out, torch.zeros_like(q))
     report = run.finish()
