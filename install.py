@@ -3,8 +3,9 @@
 Runs under the webui launchers (A1111, Forge, SD.Next: a subprocess in which ``launch`` is importable; its
 ``is_installed``/``run_pip`` are used) and under ComfyUI-Manager (no ``launch``: ``python -m pip``). Reads
 ``requirements.txt`` beside this file. Never installs torch (the host's GPU build), never pins, upgrades or downgrades
-a package that is already there (torch, diffusers, transformers and gradio belong to the host), downloads no models,
-and does nothing on a second run.
+a package that is already there (torch, diffusers, transformers and gradio belong to the host): each pip call gets a
+constraints file holding the installed versions of the host's stack, so a missing requirement's own dependencies
+cannot move them either. Downloads no models, and does nothing on a second run.
 """
 
 import importlib.metadata
@@ -16,6 +17,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: packages only the host may install (its GPU stack); never installed from here even when missing
 NEVER = {"torch", "torchvision", "torchaudio", "xformers", "gradio"}
+#: packages whose installed version a dependency of ours must not move: pinned in a constraints file for each pip call
+HOLD = ("torch", "torchvision", "torchaudio", "xformers", "gradio", "diffusers", "transformers", "tokenizers",
+        "huggingface-hub", "accelerate", "safetensors", "numpy", "pillow")
 
 
 def requirements(path=os.path.join(HERE, "requirements.txt")):
@@ -42,6 +46,28 @@ def plan(names, is_installed):
     return [n for n in names if n.lower() not in NEVER and not is_installed(n)]
 
 
+def _version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def constraints():
+    """``name==version`` lines holding every installed package of :data:`HOLD` where it is, so that installing a
+    missing requirement cannot upgrade or downgrade them through its own dependencies."""
+    return [f"{name}=={v}" for name in HOLD if (v := _version(name))]
+
+
+def _constraints_file(lines):
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="attnkit-hold-", suffix=".txt")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 def main(launch=None, pip=None, out=print):
     """Install what is missing; returns the names installed (an empty list when nothing was needed)."""
     if launch is None:
@@ -55,14 +81,19 @@ def main(launch=None, pip=None, out=print):
     if not todo:
         out("[AttnKit] all requirements are present; nothing to install")
         return []
-    for name in todo:
-        out(f"[AttnKit] installing missing requirement: {name}")
-        if pip is not None:
-            pip(name)
-        elif launch is not None and hasattr(launch, "run_pip"):
-            launch.run_pip(f"install {name}", f"AttnKit requirement: {name}")
-        else:
-            subprocess.run([sys.executable, "-m", "pip", "install", name], check=True)
+    held = constraints()
+    path = _constraints_file(held)
+    try:
+        for name in todo:
+            out(f"[AttnKit] installing missing requirement: {name} (holding {len(held)} host packages where they are)")
+            if pip is not None:
+                pip(name, path)
+            elif launch is not None and hasattr(launch, "run_pip"):
+                launch.run_pip(f'install {name} -c "{path}"', f"AttnKit requirement: {name}")
+            else:
+                subprocess.run([sys.executable, "-m", "pip", "install", name, "-c", path], check=True)
+    finally:
+        os.remove(path)
     return todo
 
 
