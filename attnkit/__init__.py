@@ -17,11 +17,13 @@ from . import methods
 from .errors import (
     AlreadyAttachedError,
     AttnKitError,
+    Interrupted,
     ModelLoadError,
     StepCallbackError,
     UnsupportedModelError,
     WordNotFoundError,
 )
+from .editing import EditReport, EditResult, edit, prompt_to_prompt
 from .layers import LayerInfo
 from .models import family_of, load_pipeline, tiny_pipeline
 from .presets import Preset, PresetError
@@ -32,6 +34,9 @@ from .version import __version__
 __all__ = [
     "AlreadyAttachedError",
     "AttnKitError",
+    "EditReport",
+    "EditResult",
+    "Interrupted",
     "LayerInfo",
     "ModelLoadError",
     "Preset",
@@ -45,9 +50,11 @@ __all__ = [
     "WordNotFoundError",
     "__version__",
     "attach",
+    "edit",
     "family_of",
     "generate",
     "load_pipeline",
     "methods",
+    "prompt_to_prompt",
     "tiny_pipeline",
 ]

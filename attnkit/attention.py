@@ -23,18 +23,19 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 def unet_cross_attention_probs(
     attn, hidden_states, encoder_hidden_states, attention_mask=None, mean_heads: bool = True
 ) -> torch.Tensor:
-    """Head-averaged cross-attention probabilities of a diffusers ``Attention`` layer.
+    """Head-averaged attention probabilities of a diffusers ``Attention`` layer (cross- or self-attention).
 
     Args:
-        attn: the ``Attention`` module (an ``attn2``).
+        attn: the ``Attention`` module (an ``attn2``, or an ``attn1`` with ``encoder_hidden_states=None``).
         hidden_states: ``(B, N, C)`` or ``(B, C, H, W)`` queries' input, as given to the processor.
-        encoder_hidden_states: ``(B, T, C_text)`` text states (or an IP-Adapter ``(text, image)`` tuple).
+        encoder_hidden_states: ``(B, T, C_text)`` text states (or an IP-Adapter ``(text, image)`` tuple); ``None``
+            for self-attention (keys from the queries' input, ``T = N``).
         attention_mask: the mask given to the processor, if any.
 
         mean_heads: ``False`` keeps the heads: ``(B, heads, N, T)``.
 
     Returns:
-        ``(B, N, T)`` float32 probabilities; each row sums to 1 over the ``T`` text tokens.
+        ``(B, N, T)`` float32 probabilities; each row sums to 1 over the ``T`` keys.
     """
     if isinstance(encoder_hidden_states, (tuple, list)):
         encoder_hidden_states = encoder_hidden_states[0]
@@ -44,7 +45,9 @@ def unet_cross_attention_probs(
     if attn.group_norm is not None:
         hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
     context = encoder_hidden_states
-    if attn.norm_cross:
+    if context is None:
+        context = hidden_states
+    elif attn.norm_cross:
         context = attn.norm_encoder_hidden_states(context)
     q = _heads(attn.to_q(hidden_states), attn.heads)
     k = _heads(attn.to_k(context), attn.heads)
@@ -125,6 +128,28 @@ def flux_text_attention_probs(
 PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "AttnProcessorNPU")
 
 
+def _prologue(attn, hidden_states, temb):
+    """What diffusers' processors do before the projections: ``(tokens (B, N, C), undo)`` with ``undo(out)`` the
+    steps after the output projection (back to the input's shape, residual, rescale)."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    shape = hidden_states.shape
+    if hidden_states.ndim == 4:
+        hidden_states = hidden_states.view(shape[0], shape[1], shape[2] * shape[3]).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+    def undo(out):
+        if len(shape) == 4:
+            out = out.transpose(-1, -2).reshape(shape)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    return hidden_states, undo
+
+
 def attention_output(attn, hidden_states, key_states, value_states, attention_mask=None, temb=None, groups: int = 1):
     """The computation of diffusers' ``AttnProcessor2_0`` on an ``Attention`` layer, with keys and values taken from
     different text sequences, on PyTorch SDPA.
@@ -142,16 +167,8 @@ def attention_output(attn, hidden_states, key_states, value_states, attention_ma
     Returns:
         The layer output, shaped like ``hidden_states``.
     """
-    residual = hidden_states
-    if attn.spatial_norm is not None:
-        hidden_states = attn.spatial_norm(hidden_states, temb)
-    input_ndim = hidden_states.ndim
-    if input_ndim == 4:
-        batch, channel, height, width = hidden_states.shape
-        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+    hidden_states, undo = _prologue(attn, hidden_states, temb)
     batch = hidden_states.shape[0]
-    if attn.group_norm is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
     if attn.norm_cross:
         key_states = attn.norm_encoder_hidden_states(key_states)
         value_states = attn.norm_encoder_hidden_states(value_states)
@@ -173,9 +190,43 @@ def attention_output(attn, hidden_states, key_states, value_states, attention_ma
     if groups > 1:
         out = out.view(groups, batch, *out.shape[1:]).mean(dim=0)
     out = out.transpose(1, 2).reshape(batch, -1, attn.heads * out.shape[-1]).to(q.dtype)
-    out = attn.to_out[1](attn.to_out[0](out))
-    if input_ndim == 4:
-        out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-    if attn.residual_connection:
-        out = out + residual
-    return out / attn.rescale_output_factor
+    return undo(attn.to_out[1](attn.to_out[0](out)))
+
+
+def attention_with_probs(attn, hidden_states, encoder_hidden_states=None, edit=None, attention_mask=None, temb=None):
+    """The computation of diffusers' ``AttnProcessor`` on an ``Attention`` layer with the probabilities explicit, so
+    that ``edit`` can change them before they weigh the values.
+
+    Args:
+        attn: the ``Attention`` module.
+        hidden_states: ``(B, N, C)`` or ``(B, C, H, W)`` query input.
+        encoder_hidden_states: ``(B, T, C_text)`` (cross-attention) or ``None`` (self-attention).
+        edit: ``edit(probs) -> probs`` on the float32 ``(B, heads, N, T)`` probabilities; ``None`` leaves them.
+        attention_mask, temb: as given to the processor.
+
+    Returns:
+        The layer output, shaped like ``hidden_states`` (equal to ``AttnProcessor2_0``'s up to float rounding when
+        ``edit`` is ``None``).
+    """
+    hidden_states, undo = _prologue(attn, hidden_states, temb)
+    batch = hidden_states.shape[0]
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    if encoder_hidden_states is not None and attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    q = _heads(attn.to_q(hidden_states), attn.heads)
+    k = _heads(attn.to_k(context), attn.heads)
+    v = _heads(attn.to_v(context), attn.heads)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
+    if attention_mask is not None:
+        mask = attn.prepare_attention_mask(attention_mask, k.shape[2], batch)
+        scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1]).float()
+    probs = scores.softmax(dim=-1)
+    if edit is not None:
+        probs = edit(probs)
+    out = torch.matmul(probs.to(v.dtype), v)
+    out = out.transpose(1, 2).reshape(batch, -1, attn.heads * out.shape[-1]).to(q.dtype)
+    return undo(attn.to_out[1](attn.to_out[0](out)))

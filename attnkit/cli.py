@@ -1,6 +1,8 @@
 """The ``attnkit`` command line.
 
 ``attnkit generate``: generate an image with methods active, save it, and save the attention heatmaps.
+``attnkit edit``: edit a photo by editing its caption (null-text inversion or Dynamic Prompt Learning, then
+Prompt-to-Prompt), saving the edit, the reconstruction, a before/after grid and the maps.
 ``attnkit tokens``: show how a prompt is tokenised (which positions each word takes) for a model.
 
 Bad input exits with status 2 and one readable line on stderr.
@@ -27,14 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def model_args(p):
+    def model_args(p, prompt=True):
         p.add_argument("--model", default="tiny-sd15",
                        help="tiny-sd15 | tiny-sdxl | tiny-flux | a diffusers folder | a .safetensors file | a hub id "
                             "(default: tiny-sd15, built in, offline)")
         p.add_argument("--config", help="for single-file checkpoints: a diffusers folder or hub id with its configs")
         p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
         p.add_argument("--dtype", help="float16, bfloat16 or float32 (default: float16 on GPU, float32 on CPU)")
-        p.add_argument("--prompt", required=True, help="the prompt")
+        if prompt:
+            p.add_argument("--prompt", required=True, help="the prompt")
 
     gen = sub.add_parser("generate", help="generate an image, optionally with attention methods and heatmaps")
     model_args(gen)
@@ -55,6 +58,35 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="out.png", help="where to save the image (default: out.png)")
     gen.add_argument("--maps", help="where to save the heatmap grid (needs --method observe)")
     gen.add_argument("--report", help="where to save a JSON summary of the run")
+
+    ed = sub.add_parser("edit", help="edit a photo by editing its caption (DPL / null-text inversion + Prompt-to-Prompt)")
+    model_args(ed, prompt=False)
+    ed.add_argument("--image", required=True, help="the photo to edit (centre-cropped and resized)")
+    ed.add_argument("--source", required=True, help="a caption of the photo, e.g. 'a cat and a dog'")
+    ed.add_argument("--target", required=True, help="the caption of the result, e.g. 'a cat and a fox'")
+    ed.add_argument("--words", help="nouns of the source caption to make dynamic (DPL), comma-separated; "
+                                    "without them: null-text inversion + Prompt-to-Prompt")
+    ed.add_argument("--edit", choices=["replace", "refine", "reweight"], default="replace",
+                    help="replace: swap words; refine: add/remove words; reweight: strengthen/weaken words")
+    ed.add_argument("--reweight", help="word=scale pairs, comma-separated (red=2,blue=0.5)")
+    ed.add_argument("--blend-words", help="local blend: words whose region may change (dog,fox)")
+    ed.add_argument("--blend-threshold", type=float, default=None, help="local blend mask threshold (0.3)")
+    ed.add_argument("--cross-replace", help="steps (start,stop fractions) in which cross-attention is injected (0,0.8)")
+    ed.add_argument("--self-replace", help="steps in which coarse self-attention is injected (0,0.4)")
+    ed.add_argument("--token-iterations", type=int, default=None, help="DPL: most token updates per step (21)")
+    ed.add_argument("--null-iterations", type=int, default=None, help="null-text: most updates per step (10)")
+    ed.add_argument("--dpl-null-text", action="store_true",
+                    help="null-text as in DPL's code: 51 iterations per step, no early stop (slower)")
+    ed.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 50; 20 for tiny models)")
+    ed.add_argument("--cfg", type=float, default=7.5, help="guidance scale (7.5)")
+    ed.add_argument("--seed", type=int, default=1, help="seed of the background mask's k-means (1)")
+    ed.add_argument("--height", type=int, default=None)
+    ed.add_argument("--width", type=int, default=None)
+    ed.add_argument("--out", default="edited.png", help="where to save the edited image (default: edited.png)")
+    ed.add_argument("--reconstruction", help="where to save the reconstruction of the photo")
+    ed.add_argument("--grid", help="where to save the input / reconstruction / edit grid")
+    ed.add_argument("--maps", help="where to save the per-word maps and masks (needs --words)")
+    ed.add_argument("--report", help="where to save a JSON summary (losses per step, timings)")
 
     tok = sub.add_parser("tokens", help="show the prompt's words and the token positions they take")
     model_args(tok)
@@ -169,6 +201,75 @@ def _generate(args) -> int:
     return 0
 
 
+def _edit(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .editing import edit, parse_scales, parse_window
+    from .models import is_tiny, load_pipeline
+
+    for path in (args.out, args.reconstruction, args.grid, args.maps, args.report):
+        if path and not Path(path).expanduser().resolve().parent.is_dir():
+            raise AttnKitError(f"cannot write {path}: its folder does not exist")
+    if not Path(args.image).expanduser().is_file():
+        raise AttnKitError(f"--image {args.image}: no such file")
+    words = _split(args.words)
+    if args.maps and not words:
+        raise AttnKitError("--maps needs --words (the maps come from Dynamic Prompt Learning)")
+    knobs = {
+        "reweight": parse_scales(args.reweight, "--reweight") or None, "blend_words": _split(args.blend_words),
+        "blend_threshold": args.blend_threshold, "token_iterations": args.token_iterations,
+        "null_iterations": args.null_iterations,
+        "cross_replace": parse_window(args.cross_replace, "--cross-replace") if args.cross_replace else None,
+        "self_replace": parse_window(args.self_replace, "--self-replace") if args.self_replace else None,
+    }
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    if args.dpl_null_text:
+        knobs.update(null_iterations=knobs.get("null_iterations", 51), null_early_stop=False)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config)
+    pipe.set_progress_bar_config(disable=True)
+    steps = args.steps or (20 if is_tiny(pipe) else 50)
+    bars: dict[str, tqdm] = {}
+    names = {"invert": "inverting", "optimise": "optimising", "edit": "editing"}
+
+    def on_progress(phase, done, total):
+        if phase not in bars:
+            bars[phase] = tqdm(total=total, desc=names.get(phase, phase), unit="step")
+        bars[phase].update(done - bars[phase].n)
+
+    try:
+        result = edit(pipe, args.image, args.source, args.target, words=words, edit=args.edit, seed=args.seed,
+                      num_inference_steps=steps, guidance_scale=args.cfg, height=args.height, width=args.width,
+                      on_progress=on_progress, **knobs)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    result.images[0].save(args.out)
+    print(f"saved {args.out}")
+    if args.reconstruction:
+        result.reconstruction.save(args.reconstruction)
+        print(f"saved {args.reconstruction}")
+    if args.grid:
+        result.before_after().save(args.grid)
+        print(f"saved {args.grid}")
+    if args.maps:
+        result.maps_image().save(args.maps)
+        print(f"saved {args.maps}")
+    report = result.report
+    print(f"reconstruction PSNR: {report.psnr['input']:.2f} dB against the photo "
+          f"({report.psnr['autoencoder']:.2f} dB against the autoencoder's own round trip)")
+    if args.report:
+        summary = {
+            "settings": report.settings, "timings": report.timings, "psnr": report.psnr,
+            "warnings": report.warnings, "null_text": report.null_text, "dpl_losses": report.dpl_losses,
+            "token_iterations": report.token_iterations, "cluster_owners": report.owners,
+        }
+        Path(args.report).write_text(json.dumps(summary, indent=1, default=str))
+        print(f"saved {args.report}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def _tokens(args) -> int:
     from .models import family_of, load_pipeline
     from .tokens import prompt_tokens
@@ -196,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        return _generate(args) if args.command == "generate" else _tokens(args)
+        commands = {"generate": _generate, "edit": _edit, "tokens": _tokens}
+        return commands[args.command](args)
     except AttnKitError as exc:
         if args.debug:
             raise

@@ -30,3 +30,7 @@ class ModelLoadError(AttnKitError):
 
 class StepCallbackError(AttnKitError):
     """The pipeline ran steps without telling attnkit (its step callback was not passed to the pipeline)."""
+
+
+class Interrupted(AttnKitError):
+    """The user stopped a long run (editing, inversion); the pipeline is left as it was."""

@@ -117,6 +117,14 @@ class Run:
         max_sequence_length: Flux's T5 length, if not the pipeline default (512).
         on_step: called with each finished :class:`StepInfo` (progress bars).
         prompt_2: SDXL's second prompt, if the call passes one (words are then refused unless it equals prompt).
+        target_prompt: the prompt the first one is edited into (Prompt-to-Prompt: the call's batch holds both).
+        sequences: ``(source, target)`` :class:`~attnkit.methods.p2p.Keys` describing the text keys of the two
+            prompts, when they are not the tokenizer's plain encoding (DPL's dynamic tokens); built from
+            ``prompt``/``target_prompt`` otherwise.
+        cfg: whether the denoiser's batch is ``[unconditional; conditional]``; ``None`` asks the pipeline (its
+            ``do_classifier_free_guidance``). Loops that call the denoiser themselves say it.
+        num_steps: the number of steps of the run, for loops that call the denoiser themselves (default: the
+            pipeline's scheduler).
     """
 
     def __init__(
@@ -127,9 +135,20 @@ class Run:
         max_sequence_length: int | None = None,
         on_step: Callable[[StepInfo], None] | None = None,
         prompt_2: str | None = None,
+        target_prompt: str | None = None,
+        sequences: tuple | None = None,
+        cfg: bool | None = None,
+        num_steps: int | None = None,
     ):
         self.pipe = pipe
         self.prompt_2 = prompt_2
+        if target_prompt is not None and not isinstance(target_prompt, str):
+            raise AttnKitError(f"target_prompt must be a string, got {type(target_prompt).__name__}")
+        self.target_prompt = target_prompt
+        self.sequences = sequences
+        self.cfg = cfg
+        self.num_steps = num_steps
+        self._bypass = False
         self.family = family_of(pipe)
         self.denoiser = denoiser_of(pipe)
         self.prompt = prompt
@@ -166,6 +185,7 @@ class Run:
         self._cond_inputs: dict[str, Any] | None = None  # the conditional branch's denoiser inputs, for gradients
         self._capture = False  # generate()'s dry call: stop at the first denoiser call
         self._updaters = [c for c in self.controllers if c.updates_latents]
+        self._blenders = [c for c in self.controllers if c.edits_step_latents]
 
     # ------------------------------------------------------------------------------------------------ tokens
 
@@ -261,26 +281,36 @@ class Run:
             c.end_step(self.step)
         if self.on_step is not None:
             self.on_step(self.step)
+        step = self.step
         self._next_index = step_index + 1
-        count = self.step.count
+        count = step.count
         self.step = None
         self.routes = [None] * len(self.layers)
+        out: dict[str, Any] = {}
+        needs_latents = self._blenders or (self._updaters and self._next_index < count)
+        if needs_latents and "latents" not in callback_kwargs:
+            raise StepCallbackError(
+                "a method that changes the latents (latent optimisation, local blend) needs the latents at each step "
+                "end: call the pipeline with "
+                "**run.call_kwargs() (or callback_on_step_end_tensor_inputs=['latents'])"
+            )
+        if self._blenders:
+            latents = callback_kwargs["latents"]
+            for c in self._blenders:
+                latents = c.step_latents(latents, step)
+            out["latents"] = latents
         if self._updaters and self._next_index < count:
-            if "latents" not in callback_kwargs:
-                raise StepCallbackError(
-                    "a latent-optimising method needs the latents at each step end: call the pipeline with "
-                    "**run.call_kwargs() (or callback_on_step_end_tensor_inputs=['latents'])"
-                )
             timesteps = self.pipe.scheduler.timesteps
             nxt = StepInfo(self._next_index, count, float(timesteps[self._next_index]))
-            return {"latents": self.update_latents(callback_kwargs["latents"], nxt, timesteps[self._next_index])}
-        return {}
+            latents = out.get("latents", callback_kwargs["latents"])
+            out["latents"] = self.update_latents(latents, nxt, timesteps[self._next_index])
+        return out
 
     def call_kwargs(self, user_callback=None) -> dict:
         """Keyword arguments that wire this run into a pipeline call: ``pipe(prompt, **run.call_kwargs())``."""
         kwargs: dict[str, Any] = {"callback_on_step_end": self.chained_callback(user_callback)}
         inputs = list(getattr(user_callback, "tensor_inputs", None) or [])
-        if self._updaters and "latents" not in inputs:
+        if (self._updaters or self._blenders) and "latents" not in inputs:
             inputs.append("latents")
         if inputs:
             kwargs["callback_on_step_end_tensor_inputs"] = inputs
@@ -297,7 +327,8 @@ class Run:
         return latents
 
     def gradient_maps(self, controller: Controller, latent: torch.Tensor, step: StepInfo, image: int = 0,
-                      early_stop: bool = True) -> dict[int, torch.Tensor]:
+                      early_stop: bool = True, text: torch.Tensor | None = None,
+                      timestep=None, scale_input: bool = True) -> dict[int, torch.Tensor]:
         """Text-attention probabilities of ``controller.prob_layers`` as functions of ``latent``, with gradients.
 
         Runs the denoiser on ``latent`` (``(1, C, h, w)``, part of the caller's autograd graph) with the conditional
@@ -305,19 +336,25 @@ class Run:
         (``early_stop``); the gradient is the same as with the full forward. Call under ``torch.enable_grad()``
         (and outside inference mode).
 
+        ``text`` (``(1, T, C)``, possibly part of the graph: gradients to prompt embeddings) and ``timestep`` replace
+        the conditioning of the last conditional denoiser call; loops that call the denoiser themselves give both
+        (and ``scale_input=False`` when their sampler does not scale the denoiser's input, as DDIM).
+
         Returns:
             ``{layer index: (1, heads, N, T) probabilities}``.
         """
         inputs = self._cond_inputs
-        if inputs is None:
+        if inputs is None and (text is None or timestep is None):
             raise AttnKitError("no conditional denoiser call was seen yet; cannot compute attention gradients")
+        inputs = inputs or {"added": None, "cross_attention_kwargs": None}
         rows = slice(image, image + 1)
-        text = inputs["text"][rows].clone()
+        text = inputs["text"][rows].clone() if text is None else text
         added = {k: v[rows].clone() for k, v in inputs["added"].items()} if inputs["added"] else None
-        t = inputs["timestep"]
+        t = inputs["timestep"] if timestep is None else timestep
         t = t.clone() if torch.is_tensor(t) else t
         scheduler = self.pipe.scheduler
-        sample = scheduler.scale_model_input(latent, t) if hasattr(scheduler, "scale_model_input") else latent
+        sample = scheduler.scale_model_input(latent, t) if scale_input and hasattr(scheduler, "scale_model_input") \
+            else latent
         self._grad = _GradPass(controller, step, set(controller.prob_layers), early_stop)
         try:
             self.denoiser(sample, t, encoder_hidden_states=text, added_cond_kwargs=added,
@@ -343,13 +380,29 @@ class Run:
 
         return callback
 
+    @contextlib.contextmanager
+    def bypass(self) -> Iterator[None]:
+        """Denoiser calls inside go straight to the original processors and are no step of the run (loops that
+        call the denoiser for their own purposes while attached, e.g. null-text optimisation)."""
+        saved, self._bypass = self._bypass, True
+        routes, self.routes = self.routes, [None] * len(self.layers)
+        try:
+            yield
+        finally:
+            self._bypass = saved
+            self.routes = routes
+
     def _count(self) -> int:
+        if self.num_steps:
+            return int(self.num_steps)
         count = getattr(self.pipe, "_num_timesteps", None)
         if not count:
             count = len(getattr(self.pipe.scheduler, "timesteps", ()) or ())
         return int(count or 1)
 
     def _on_denoiser_call(self, module, args, kwargs):
+        if self._bypass and self._grad is None:
+            return None
         if self._grad is not None:
             self._route_grad(_arg(args, kwargs, "encoder_hidden_states", 2))
             return None
@@ -455,8 +508,8 @@ class Run:
         grad = self._grad
         routes: list[_Route | None] = [None] * len(self.layers)
         for c in self.controllers:
-            if c is not grad.controller and c.replace_layers and c.wants_step(grad.step):
-                for index in c.replace_layers:
+            if c is not grad.controller and c.replace_layers:
+                for index in c.layers_at(grad.step)[1]:
                     routes[index] = _Route((), c)
         for index in grad.controller.prob_layers:
             replacer = routes[index].replacer if routes[index] is not None else None
@@ -476,10 +529,17 @@ class Run:
             if self._cond_key is None:
                 self._cond_key = key
             return _Call(slice(0, batch) if key == self._cond_key else None, text_len)
-        cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+        cfg = self.cfg if self.cfg is not None else bool(getattr(self.pipe, "do_classifier_free_guidance", False))
         if cfg and batch % 2 == 0:
             return _Call(slice(batch // 2, batch), text_len)
         return _Call(slice(0, batch), text_len)
+
+    def bind(self, latent_hw: tuple[int, int]) -> None:
+        """Tell the run its latent size before any denoiser call (loops that start with gradient passes)."""
+        if self.latent_hw is None:
+            self._bind(tuple(int(x) for x in latent_hw))
+        elif tuple(latent_hw) != self.latent_hw:
+            raise AttnKitError(f"the run is bound to a {self.latent_hw} latent, not {tuple(latent_hw)}")
 
     def _bind(self, latent_hw: tuple[int, int]) -> None:
         self.latent_hw = latent_hw
@@ -506,11 +566,10 @@ class Run:
         replacers: list[Controller | None] = [None] * len(self.layers)
         if self._call.cond_rows is not None:
             for c in self.controllers:
-                if not c.wants_step(self.step):
-                    continue
-                for index in c.prob_layers:
+                read, replace = c.layers_at(self.step)
+                for index in read:
                     readers[index].append(c)
-                for index in c.replace_layers:
+                for index in replace:
                     replacers[index] = c
         self.routes = [
             _Route(tuple(r), p) if (r or p is not None) else None for r, p in zip(readers, replacers)
@@ -574,6 +633,7 @@ def attach(
     max_sequence_length: int | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     prompt_2: str | None = None,
+    target_prompt: str | None = None,
 ) -> Iterator[Run]:
     """Attach attnkit to ``pipe`` for one pipeline call; restore every processor afterwards, whatever happens.
 
@@ -589,7 +649,7 @@ def attach(
         WordNotFoundError: a method's word is not in ``prompt``.
     """
     run = Run(pipe, methods, prompt=prompt, max_sequence_length=max_sequence_length, on_step=on_step,
-              prompt_2=prompt_2)
+              prompt_2=prompt_2, target_prompt=target_prompt)
     run.install()
     try:
         yield run

@@ -58,10 +58,21 @@ def heatmap_grid(
         tile: side of each tile in pixels (the image is resized to it).
         columns: tiles per row.
     """
-    label_h = max(18, tile // 10)
-    font = _font(label_h - 4)
     base = image.convert("RGB").resize((tile, tile), Image.BICUBIC)
     tiles = [("image", base)] + [(word, overlay(base, heat, alpha)) for word, heat in maps.items()]
+    return labelled_grid(tiles, tile, columns)
+
+
+def image_row(images: list[Image.Image], labels: list[str], tile: int = 256) -> Image.Image:
+    """Images side by side at ``tile`` px, each labelled (before/after views)."""
+    tiles = [(label, im.convert("RGB").resize((tile, tile), Image.BICUBIC)) for im, label in zip(images, labels)]
+    return labelled_grid(tiles, tile, len(tiles))
+
+
+def labelled_grid(tiles: list[tuple[str, Image.Image]], tile: int, columns: int) -> Image.Image:
+    """``(label, tile x tile image)`` pairs in a grid of ``columns``, each label under its image."""
+    label_h = max(18, tile // 10)
+    font = _font(label_h - 4)
     cols = min(columns, len(tiles))
     rows = math.ceil(len(tiles) / cols)
     grid = Image.new("RGB", (cols * tile, rows * (tile + label_h)), "white")

@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 import attnkit  # noqa: E402
 from attnkit.methods import AStar, AttendExcite  # noqa: E402
+from fullsize import sd15_text_encoder, sd15_unet  # noqa: E402
 
 PROMPT = "a cat and a frog"
 WORDS = ["cat", "frog"]
@@ -42,22 +43,7 @@ VARIANTS = ("peer", "attend_excite", "a_star")
 def build(setting: str, device: str, dtype: torch.dtype):
     pipe = attnkit.tiny_pipeline("sd15")
     if setting == "full":
-        from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            pipe.unet = UNet2DConditionModel(  # the SD 1.5 UNet configuration
-                sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            ).eval()
-            pipe.text_encoder = CLIPTextModel(CLIPTextConfig(
-                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                num_hidden_layers=1, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-                pad_token_id=49407,
-            )).eval()
+        pipe.unet, pipe.text_encoder = sd15_unet(), sd15_text_encoder()
     if device != "cpu" or dtype != torch.float32:
         pipe = pipe.to(device, dtype=dtype)
     return pipe

@@ -32,6 +32,7 @@ import torch  # noqa: E402
 import attnkit  # noqa: E402
 from attnkit.methods import Observe, StructuredGuidance  # noqa: E402
 from attnkit.runtime import Run  # noqa: E402
+from fullsize import sd15_text_encoder, sd15_unet  # noqa: E402
 
 PROMPT = "a red car and a white sheep on a green meadow"
 WORDS = ["red car", "white sheep", "meadow"]
@@ -132,29 +133,13 @@ def tiny_pipeline_bench(args) -> str:
 
 
 def full_unet_bench(args) -> str:
-    from diffusers import UNet2DConditionModel
-
     dtype = getattr(torch, args.dtype)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(  # the SD 1.5 UNet configuration
-            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        ).to(args.device, dtype=dtype).eval()
+    unet = sd15_unet().to(args.device, dtype=dtype)
     # A real SD pipeline object around the full-size UNet: only the UNet runs in the timed calls; a one-layer,
     # 768-wide CLIP text encoder gives structured its phrase encodings (once per prompt, as in a real run).
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     pipe = attnkit.tiny_pipeline("sd15")
     pipe.unet = unet
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        pipe.text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=1,
-            max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        )).to(args.device, dtype=dtype).eval()
+    pipe.text_encoder = sd15_text_encoder().to(args.device, dtype=dtype)
     pipe._guidance_scale = 7.5  # the pipeline's CFG layout: batch = [uncond; cond]
     pipe._num_timesteps = 50
     g = torch.Generator("cpu").manual_seed(0)

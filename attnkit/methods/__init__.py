@@ -5,10 +5,14 @@ from __future__ import annotations
 from .base import Controller, Method, MethodReport
 from .a_star import AStar, AStarConfig
 from .attend_excite import AttendExcite, AttendExciteConfig
+from .dpl import DPL, DPLConfig
 from .observe import Observe, ObserveConfig
+from .p2p import P2P, P2PConfig
 from .structured import StructuredConfig, StructuredGuidance
 
-#: method id -> Method class. Ids are stable and never renamed once released.
+#: method id -> Method class of the methods that act on one generation (attnkit.generate, the panel, hosts).
+#: Ids are stable and never renamed once released. The editing methods (``p2p``, ``dpl``) run through
+#: attnkit.prompt_to_prompt / attnkit.edit, which take two prompts.
 REGISTRY: dict[str, type[Method]] = {cls.id: cls for cls in (Observe, StructuredGuidance, AStar, AttendExcite)}
 
 
@@ -23,6 +27,7 @@ def get_method(method_id: str) -> type[Method]:
 
 
 __all__ = [
-    "AStar", "AStarConfig", "AttendExcite", "AttendExciteConfig", "Controller", "Method", "MethodReport", "Observe", "ObserveConfig", "REGISTRY", "StructuredConfig",
+    "AStar", "AStarConfig", "AttendExcite", "AttendExciteConfig", "Controller", "DPL", "DPLConfig", "Method",
+    "MethodReport", "Observe", "ObserveConfig", "P2P", "P2PConfig", "REGISTRY", "StructuredConfig",
     "StructuredGuidance", "get_method",
 ]

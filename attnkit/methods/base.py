@@ -70,11 +70,22 @@ class Controller:
         """Whether the method reads attention at this step (default: every step)."""
         return True
 
+    def layers_at(self, step: "StepInfo") -> tuple[frozenset[int], frozenset[int]]:
+        """``(read, replace)``: the layers this method reads and those it computes itself at ``step``.
+
+        Default: :attr:`prob_layers` and :attr:`replace_layers` while :meth:`wants_step` holds, nothing otherwise.
+        Methods whose layers change from step to step (Prompt-to-Prompt's windows) override it.
+        """
+        if not self.wants_step(step):
+            return frozenset(), frozenset()
+        return self.prob_layers, self.replace_layers
+
     def begin_step(self, step: "StepInfo") -> None:
         """Called before the denoiser's first call of a step."""
 
     def on_probs(self, layer: "LayerInfo", step: "StepInfo", probs: torch.Tensor) -> None:
-        """Receives ``(B_cond, N_query, N_text)`` head-averaged probabilities of the conditional branch."""
+        """Receives ``(B_cond, N_query, N_keys)`` head-averaged probabilities of the conditional branch: over the text
+        keys on cross-attention layers, over the layer's own queries (``N_keys = N_query``) on self-attention ones."""
 
     def attend(self, layer: "LayerInfo", step: "StepInfo", attn, hidden_states: torch.Tensor, *,
                encoder_hidden_states, attention_mask, temb, rows: slice) -> torch.Tensor:
@@ -91,6 +102,14 @@ class Controller:
 
     def end_step(self, step: "StepInfo") -> None:
         """Called from the pipeline's step callback after the step's scheduler update."""
+
+    #: whether :meth:`step_latents` changes the latents after every step (Prompt-to-Prompt's local blend).
+    edits_step_latents: bool = False
+
+    def step_latents(self, latents: torch.Tensor, step: "StepInfo") -> torch.Tensor:
+        """Return the latents ``(B, C, h, w)`` the scheduler produced at the end of ``step``, possibly changed
+        (called after :meth:`end_step`, at every step including the last)."""
+        return latents
 
     def finish(self) -> None:
         """Called after a successful run; fill :attr:`report`."""

@@ -66,6 +66,27 @@ class AppState:
         with self.guard:
             return self.stops.setdefault(session or "-", threading.Event())
 
+    def request_stop(self, request=None) -> str:
+        """The Stop buttons: flag the requesting browser session's run to stop."""
+        self.stop_event(session_of(request)).set()
+        return "Stopping..."
+
+
+def session_of(request) -> str:
+    """The browser session a Gradio request comes from (``"-"`` for API calls without one)."""
+    return getattr(request, "session_hash", "-") if request is not None else "-"
+
+
+def words_update(gr, state: AppState, model_name: str, text: str, current, label: str):
+    """A word picker's update for ``text``: the model's words as choices, the still-present picks kept."""
+    try:
+        pipe, _ = state.pipe(model_name)
+        choices = word_choices(pipe, text)
+    except AttnKitError as exc:
+        return gr.update(choices=[], value=[], label=f"{label} ({exc})")
+    keep = [v for v in (current or []) if v in {c[1] for c in choices}]
+    return gr.update(choices=choices, value=keep, label=label)
+
 
 # ------------------------------------------------------------------------------------------ values from widgets
 
@@ -208,6 +229,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
 
     from ..models import TINY_IMAGE_SIZE, is_tiny, load_pipeline
     from ..runtime import generate
+    from .edit_tab import build_edit_tab
 
     state = AppState(default_model, loader or load_pipeline, lock_model)
     method_ids = list(REGISTRY)
@@ -219,52 +241,55 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
 
     with gr.Blocks(title="attnkit") as demo:
         gr.Markdown("## attnkit: cross-attention control")
-        with gr.Row():
-            with gr.Column(scale=3):
-                model = gr.Textbox(label="Model", value=default_model, elem_id="ak-model", interactive=not lock_model)
-                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="ak-prompt")
-                negative = gr.Textbox(label="Negative prompt", elem_id="ak-negative")
-                picker = gr.CheckboxGroup(label="Words (pick the subjects the methods act on)", choices=[],
-                                          elem_id="ak-words")
-                # the picked words as text: what generation reads (API callers pass it directly)
-                picked = gr.Textbox(visible=False, elem_id="ak-picked")
-                with gr.Row():
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="ak-seed")
-                    steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="ak-steps")
-                    cfg = gr.Slider(0, 20, value=7.5, step=0.5, label="CFG scale", elem_id="ak-cfg")
-                with gr.Row():
-                    width = gr.Slider(64, 2048, value=TINY_IMAGE_SIZE, step=8, label="Width", elem_id="ak-width")
-                    height = gr.Slider(64, 2048, value=TINY_IMAGE_SIZE, step=8, label="Height", elem_id="ak-height")
-                compare = gr.Checkbox(label="Compare with baseline (same seed, no attnkit)", value=False,
-                                      elem_id="ak-compare")
-                for method_id in method_ids:
-                    with gr.Accordion(METHOD_TITLES[method_id], open=False, elem_id=f"ak-acc-{method_id}"):
-                        toggles[method_id] = gr.Checkbox(label=f"Enable {METHOD_TITLES[method_id]}", value=False,
-                                                         elem_id=f"ak-enable-{method_id}")
-                        controls[method_id] = {}
-                        for f in panel_fields(method_id):
-                            controls[method_id][f.name] = _widget(gr, f)
-                with gr.Accordion("Presets", open=False, elem_id="ak-acc-presets"):
-                    preset_choice = gr.Dropdown(label="Preset", choices=preset_names(), elem_id="ak-preset")
+        model = gr.Textbox(label="Model", value=default_model, elem_id="ak-model", interactive=not lock_model)
+        with gr.Tab("Generate", elem_id="ak-tab-generate"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="ak-prompt")
+                    negative = gr.Textbox(label="Negative prompt", elem_id="ak-negative")
+                    picker = gr.CheckboxGroup(label="Words (pick the subjects the methods act on)", choices=[],
+                                              elem_id="ak-words")
+                    # the picked words as text: what generation reads (API callers pass it directly)
+                    picked = gr.Textbox(visible=False, elem_id="ak-picked")
                     with gr.Row():
-                        load_button = gr.Button("Load", elem_id="ak-preset-load")
-                        delete_button = gr.Button("Delete", elem_id="ak-preset-delete")
-                    preset_name = gr.Textbox(label="Save as", elem_id="ak-preset-name")
-                    save_button = gr.Button("Save", elem_id="ak-preset-save")
-                    share = gr.Textbox(label="Share code (paste one and press Import)", elem_id="ak-share")
+                        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="ak-seed")
+                        steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="ak-steps")
+                        cfg = gr.Slider(0, 20, value=7.5, step=0.5, label="CFG scale", elem_id="ak-cfg")
                     with gr.Row():
-                        export_button = gr.Button("Export share code", elem_id="ak-export")
-                        import_button = gr.Button("Import", elem_id="ak-import")
-                    png = gr.File(label="Import from a PNG or preset file", file_types=[".png", ".json"],
-                                  elem_id="ak-import-file")
-            with gr.Column(scale=2):
-                with gr.Row():
-                    run_button = gr.Button("Generate", variant="primary", elem_id="ak-generate")
-                    stop_button = gr.Button("Stop", elem_id="ak-stop")
-                images = gr.Gallery(label="Result", columns=2, elem_id="ak-images")
-                heatmaps = gr.Gallery(label="Attention heatmaps", columns=3, elem_id="ak-heatmaps")
-                download = gr.File(label="PNG with settings", elem_id="ak-download")
-                status = gr.Markdown(elem_id="ak-status")
+                        width = gr.Slider(64, 2048, value=TINY_IMAGE_SIZE, step=8, label="Width", elem_id="ak-width")
+                        height = gr.Slider(64, 2048, value=TINY_IMAGE_SIZE, step=8, label="Height", elem_id="ak-height")
+                    compare = gr.Checkbox(label="Compare with baseline (same seed, no attnkit)", value=False,
+                                          elem_id="ak-compare")
+                    for method_id in method_ids:
+                        with gr.Accordion(METHOD_TITLES[method_id], open=False, elem_id=f"ak-acc-{method_id}"):
+                            toggles[method_id] = gr.Checkbox(label=f"Enable {METHOD_TITLES[method_id]}", value=False,
+                                                             elem_id=f"ak-enable-{method_id}")
+                            controls[method_id] = {}
+                            for f in panel_fields(method_id):
+                                controls[method_id][f.name] = _widget(gr, f)
+                    with gr.Accordion("Presets", open=False, elem_id="ak-acc-presets"):
+                        preset_choice = gr.Dropdown(label="Preset", choices=preset_names(), elem_id="ak-preset")
+                        with gr.Row():
+                            load_button = gr.Button("Load", elem_id="ak-preset-load")
+                            delete_button = gr.Button("Delete", elem_id="ak-preset-delete")
+                        preset_name = gr.Textbox(label="Save as", elem_id="ak-preset-name")
+                        save_button = gr.Button("Save", elem_id="ak-preset-save")
+                        share = gr.Textbox(label="Share code (paste one and press Import)", elem_id="ak-share")
+                        with gr.Row():
+                            export_button = gr.Button("Export share code", elem_id="ak-export")
+                            import_button = gr.Button("Import", elem_id="ak-import")
+                        png = gr.File(label="Import from a PNG or preset file", file_types=[".png", ".json"],
+                                      elem_id="ak-import-file")
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        run_button = gr.Button("Generate", variant="primary", elem_id="ak-generate")
+                        stop_button = gr.Button("Stop", elem_id="ak-stop")
+                    images = gr.Gallery(label="Result", columns=2, elem_id="ak-images")
+                    heatmaps = gr.Gallery(label="Attention heatmaps", columns=3, elem_id="ak-heatmaps")
+                    download = gr.File(label="PNG with settings", elem_id="ak-download")
+                    status = gr.Markdown(elem_id="ak-status")
+        with gr.Tab("Edit a photo", elem_id="ak-tab-edit"):
+            edit_tab = build_edit_tab(gr, state)
 
         flat = [(m, f) for m in method_ids for f in panel_fields(m)]
         widgets = [controls[m][f.name] for m, f in flat]
@@ -278,13 +303,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
             return enabled, per
 
         def update_words(model_name, text, current):
-            try:
-                pipe, _ = state.pipe(model_name)
-                choices = word_choices(pipe, text)
-            except AttnKitError as exc:
-                return gr.update(choices=[], value=[], label=f"Words ({exc})")
-            keep = [v for v in (current or []) if v in {c[1] for c in choices}]
-            return gr.update(choices=choices, value=keep, label="Words (pick the subjects the methods act on)")
+            return words_update(gr, state, model_name, text, current, "Words (pick the subjects the methods act on)")
 
         prompt.change(update_words, [model, prompt, picker], picker)
         model.change(update_words, [model, prompt, picker], picker)
@@ -292,8 +311,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
 
         def run(model_name, text, neg, words, seed_value, n_steps, scale, w, h, baseline, *values,
                 request: gr.Request = None, progress=gr.Progress()):
-            session = getattr(request, "session_hash", "-") if request is not None else "-"
-            stop = state.stop_event(session)
+            stop = state.stop_event(session_of(request))
             stop.clear()
             try:
                 if not text or not text.strip():
@@ -351,10 +369,17 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
         )
 
         def request_stop(request: gr.Request = None):
-            state.stop_event(getattr(request, "session_hash", "-") if request is not None else "-").set()
-            return "Stopping..."
+            return state.request_stop(request)
 
         stop_button.click(request_stop, None, status, queue=False)
+
+        # the Edit tab -----------------------------------------------------------------------------------------
+        for trigger in (edit_tab["source"].change, model.change):
+            trigger(edit_tab["update_words"], [model, edit_tab["source"], edit_tab["picker"]], edit_tab["picker"])
+        edit_tab["picker"].change(lambda chosen: ", ".join(chosen or []), edit_tab["picker"], edit_tab["picked"])
+        edit_tab["run_button"].click(edit_tab["run"], [model, *edit_tab["inputs"]], edit_tab["outputs"],
+                                     concurrency_limit=1, api_name="edit")
+        edit_tab["stop_button"].click(request_stop, None, edit_tab["status"], queue=False)
 
         # presets ---------------------------------------------------------------------------------------------
 

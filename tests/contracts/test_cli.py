@@ -75,3 +75,37 @@ def test_python_dash_m_and_tokens(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "porcupine            [2, 3, 4]  por cup ine</w>" in proc.stdout
+
+
+def test_edit_writes_the_edit_reconstruction_grid_maps_and_report(tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (160, 120), (200, 120, 40)).save(photo)
+    out, recon, grid, maps, report = (tmp_path / n for n in ("e.png", "r.png", "g.png", "m.png", "rep.json"))
+    code = main(["edit", "--image", str(photo), "--source", "a cat and a dog", "--target", "a cat and a fox",
+                 "--words", "cat,dog", "--steps", "3", "--token-iterations", "1", "--null-iterations", "1",
+                 "--blend-words", "dog,fox", "--out", str(out), "--reconstruction", str(recon), "--grid", str(grid),
+                 "--maps", str(maps), "--report", str(report)])
+    assert code == 0
+    assert Image.open(out).size == Image.open(recon).size == (128, 128)
+    assert Image.open(grid).size[0] == 3 * 256 and Image.open(maps).size[0] >= 3 * 256
+    data = json.loads(report.read_text())
+    assert len(data["null_text"]) == 3 and data["settings"]["words"] == ["cat", "dog"] and "total" in data["timings"]
+    captured = capsys.readouterr()
+    assert "reconstruction PSNR" in captured.out
+    assert "inverting" in captured.err and "editing" in captured.err  # the progress bars
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--words", "horse"], "'horse' is not in the prompt"),
+    (["--reweight", "red"], "--reweight takes word=scale pairs"),
+    (["--cross-replace", "0.8"], "--cross-replace takes two fractions"),
+    (["--target", "a cat and a red fox"], "words one for one"),
+])
+def test_edit_bad_input_is_one_line_and_status_2(tmp_path, capsys, extra, message):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64)).save(photo)
+    args = ["edit", "--image", str(photo), "--source", "a cat and a dog", "--target", "a cat and a fox",
+            "--steps", "2"] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

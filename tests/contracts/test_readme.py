@@ -37,11 +37,19 @@ def test_python_example_runs(index, tmp_path, monkeypatch, capsys):
         assert capsys.readouterr().out.strip() == "['a red car', 'a white sheep']"
     if index == 3:
         assert namespace["methods"][0].config.words == ["cat", "dog"]
+    if "attnkit.edit(" in PYTHON_BLOCKS[index]:
+        for name in ("fox.png", "before_after.png", "edit_maps.png"):
+            assert (tmp_path / name).is_file()
+        assert capsys.readouterr().out.strip() == "['decode', 'edit', 'encode', 'invert', 'optimise', 'total']"
 
 
 @pytest.mark.parametrize("line", CLI_LINES)
 def test_cli_example_runs(line, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    if "--image photo.png" in line:  # the edit example works on a photo of yours
+        from PIL import Image
+
+        Image.new("RGB", (96, 64), (120, 80, 40)).save(tmp_path / "photo.png")
     assert main(shlex.split(line)[1:]) == 0
     if "--out" in line:
         assert (tmp_path / "out.png").is_file()

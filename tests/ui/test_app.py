@@ -161,3 +161,34 @@ def test_locked_model_refuses_other_sources(tmp_path):
     with pytest.raises(attnkit.AttnKitError, match="serves only 'tiny-sd15'"):
         state.pipe("/etc/passwd")
     assert state.pipe("tiny-sd15")[0] is state.pipe("")[0]
+
+
+def test_edit_tab_edits_a_photo_and_shows_maps(app, tmp_path):
+    from gradio_client import handle_file
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (128, 128), (30, 160, 90)).save(photo)
+    client = Client(app.local_url, verbose=False)
+    views, maps, report, status = client.predict(
+        "tiny-sd15", handle_file(str(photo)), "a cat and a dog", "a cat and a fox", "cat, dog", "replace", "",
+        "dog, fox", 0.3, "0, 0.8", "0, 0.4", 1, 1, False, 1, 4, 7.5, api_name="/edit")
+    assert [v["caption"] for v in views] == ["input", "reconstruction", "edited"]
+    assert {m["caption"] for m in maps} >= {"cat (inversion)", "dog (inversion)", "blend mask"}
+    assert status.startswith("Done") and "PSNR" in status
+    import json
+
+    assert len(json.load(open(report))["null_text"]) == 4
+
+
+def test_edit_tab_errors_are_one_readable_line(app, tmp_path):
+    from gradio_client import handle_file
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64)).save(photo)
+    client = Client(app.local_url, verbose=False)
+    with pytest.raises(Exception, match="'horse' is not in the prompt"):
+        client.predict("tiny-sd15", handle_file(str(photo)), "a cat and a dog", "a cat and a fox", "horse",
+                       "replace", "", "", 0.3, "0, 0.8", "0, 0.4", 1, 1, False, 1, 4, 7.5, api_name="/edit")
+    with pytest.raises(Exception, match="upload a photo first"):
+        client.predict("tiny-sd15", None, "a cat", "a dog", "", "replace", "", "", 0.3, "0, 0.8", "0, 0.4", 1, 1,
+                       False, 1, 4, 7.5, api_name="/edit")
