@@ -149,6 +149,9 @@ class Run:
         self.cfg = cfg
         self.num_steps = num_steps
         self._bypass = False
+        #: the denoiser call in progress: ``{"args": ..., "kwargs": ...}`` as the denoiser received them (methods that
+        #: need the call's timestep, guidance or pooled text embedding read them here).
+        self.call_inputs: dict[str, Any] = {}
         self.family = family_of(pipe)
         self.denoiser = denoiser_of(pipe)
         self.prompt = prompt
@@ -445,6 +448,7 @@ class Run:
             )
 
         self._call = self._describe_call(sample, text)
+        self.call_inputs = {"args": args, "kwargs": kwargs}
         if self._updaters and self._call.cond_rows is not None:
             self._keep_cond_inputs(sample, text, timestep, kwargs)
         self._route()
@@ -564,13 +568,16 @@ class Run:
     def _route(self) -> None:
         readers: list[list[Controller]] = [[] for _ in self.layers]
         replacers: list[Controller | None] = [None] * len(self.layers)
-        if self._call.cond_rows is not None:
-            for c in self.controllers:
-                read, replace = c.layers_at(self.step)
-                for index in read:
-                    readers[index].append(c)
-                for index in replace:
-                    replacers[index] = c
+        for c in self.controllers:
+            if self._call.cond_rows is None and not c.attends_every_call:
+                continue
+            read, replace = c.layers_at(self.step)
+            if self._call.cond_rows is None:
+                read = ()
+            for index in read:
+                readers[index].append(c)
+            for index in replace:
+                replacers[index] = c
         self.routes = [
             _Route(tuple(r), p) if (r or p is not None) else None for r, p in zip(readers, replacers)
         ]
@@ -590,6 +597,7 @@ class Run:
                 attention_mask=_arg(args, kwargs, "attention_mask", 1),
                 temb=_arg(args, kwargs, "temb", 2),
                 rows=self._call.cond_rows,
+                **{k: v for k, v in kwargs.items() if k not in ("encoder_hidden_states", "attention_mask", "temb")},
             )
 
     # ------------------------------------------------------------------------------------------- attention

@@ -88,10 +88,15 @@ class Controller:
         keys on cross-attention layers, over the layer's own queries (``N_keys = N_query``) on self-attention ones."""
 
     def attend(self, layer: "LayerInfo", step: "StepInfo", attn, hidden_states: torch.Tensor, *,
-               encoder_hidden_states, attention_mask, temb, rows: slice) -> torch.Tensor:
+               encoder_hidden_states, attention_mask, temb, rows: slice | None, **extra) -> torch.Tensor:
         """Compute the output of a layer in :attr:`replace_layers` (for the whole batch; ``rows`` are the batch
-        rows of the conditional branch). Must return what the layer's processor would return."""
+        rows of the conditional branch, ``None`` on a call without one). ``extra`` holds the processor's other
+        arguments (Flux: ``image_rotary_emb``). Must return what the layer's processor would return."""
         raise NotImplementedError
+
+    #: whether :meth:`attend` also runs on denoiser calls with no conditional rows (Flux's negative branch of true
+    #: CFG, the unconditional-only calls): methods that change every call's attention pattern, not the prompt's.
+    attends_every_call: bool = False
 
     #: whether :meth:`update_latents` changes the latents before steps (latent-optimising methods).
     updates_latents: bool = False

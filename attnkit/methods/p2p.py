@@ -474,7 +474,7 @@ class P2PController(Controller):
         h, w = self.blend_grid
         self._step_maps.append(probs.detach().float().reshape(probs.shape[0], h, w, -1))
 
-    def attend(self, layer, step, attn, hidden_states, *, encoder_hidden_states, attention_mask, temb, rows):
+    def attend(self, layer, step, attn, hidden_states, *, encoder_hidden_states, attention_mask, temb, rows, **extra):
         if rows is None or rows.stop - rows.start != 2:
             count = 0 if rows is None else rows.stop - rows.start
             raise AttnKitError(

@@ -197,7 +197,7 @@ class StructuredController(Controller):
                 "clip_skip, prompt_2?); phrase embeddings were applied as differences to them"
             )
 
-    def attend(self, layer, step, attn, hidden_states, *, encoder_hidden_states, attention_mask, temb, rows):
+    def attend(self, layer, step, attn, hidden_states, *, encoder_hidden_states, attention_mask, temb, rows, **extra):
         text = encoder_hidden_states
         if not self._checked:
             self._check_prompt(text, rows)

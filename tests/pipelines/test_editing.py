@@ -284,3 +284,13 @@ def test_prompt_to_prompt_leaves_the_source_image_alone_and_changes_the_target(s
 def test_p2p_without_a_target_prompt_is_refused(sd15):
     with pytest.raises(AttnKitError, match="one prompt into another"):
         attnkit.generate(sd15, "a cat", [attnkit.methods.P2P()], num_inference_steps=2)
+
+
+def test_prompt_to_prompt_runs_on_sdxl(sdxl):
+    result = attnkit.prompt_to_prompt(sdxl, "a cat riding a bike", "a cat riding a bike", seed=1,
+                                      num_inference_steps=3, height=64, width=64, output_type="np")
+    a, b = result.images
+    assert a.shape == (64, 64, 3) and np.abs(a - b).max() < 1e-4
+    edited = attnkit.prompt_to_prompt(sdxl, "a cat riding a bike", "a dog riding a bike", seed=1,
+                                      num_inference_steps=3, height=64, width=64, output_type="np")
+    assert np.abs(edited.images[0] - a).max() < 1e-4  # the source image is the same whatever the target
