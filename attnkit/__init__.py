@@ -24,6 +24,7 @@ from .errors import (
     WordNotFoundError,
 )
 from .editing import EditReport, EditResult, edit, prompt_to_prompt
+from .flux_branches import Condition
 from .layers import LayerInfo
 from .models import family_of, load_pipeline, tiny_pipeline
 from .presets import Preset, PresetError
@@ -34,6 +35,7 @@ from .version import __version__
 __all__ = [
     "AlreadyAttachedError",
     "AttnKitError",
+    "Condition",
     "EditReport",
     "EditResult",
     "Interrupted",

@@ -55,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--condition", action="append", default=[], metavar="KIND:IMAGE[:KEYWORD]",
+                     help="Flux: a condition image (repeatable): spatial:edges.png or subject:cat.png:cat (the prompt "
+                          "word naming the subject); runs PKA (position-aligned, keyword-scoped attention)")
+    gen.add_argument("--condition-lora", action="append", default=[], metavar="N=PATH",
+                     help="a LoRA adapter for condition N (1 = the first --condition)")
+    gen.add_argument("--pka-mode", choices=["pka", "full"], default=None,
+                     help="pka (default) or full (every token attends to every token: the baseline)")
+    gen.add_argument("--pka-window", type=int, default=None, help="position-aligned window side (1)")
+    gen.add_argument("--pka-residual", action="store_true", default=None,
+                     help="position-aligned attention as the residual reading (aligned values added)")
+    gen.add_argument("--pka-epsilon", type=float, default=None, help="keyword mask threshold (0.2)")
     gen.add_argument("--out", default="out.png", help="where to save the image (default: out.png)")
     gen.add_argument("--maps", help="where to save the heatmap grid (needs --method observe)")
     gen.add_argument("--report", help="where to save a JSON summary of the run")
@@ -122,13 +133,51 @@ def _method_objects(args) -> list:
         raise AttnKitError(f"--{name} needs --method {' or '.join(takers)}")
     if args.maps and "observe" not in args.method:
         raise AttnKitError("--maps needs --method observe (the maps come from it)")
+    pka = _pka_method(args)
+    if pka is not None:
+        methods.append(pka)
     return methods
+
+
+def _pka_method(args):
+    """The PKA method of the --condition options (``None`` without conditions)."""
+    from .flux_branches import Condition
+    from .methods import PKA
+
+    options = {"mode": args.pka_mode, "window": args.pka_window, "residual": args.pka_residual,
+               "epsilon": args.pka_epsilon}
+    options = {k: v for k, v in options.items() if v is not None}
+    if not args.condition:
+        if options or args.condition_lora:
+            raise AttnKitError("--pka-* and --condition-lora need at least one --condition")
+        return None
+    loras = {}
+    for item in args.condition_lora:
+        index, sep, path = item.partition("=")
+        if not sep or not index.strip().isdigit() or not 1 <= int(index) <= len(args.condition):
+            raise AttnKitError(f"--condition-lora takes N=PATH with N from 1 to {len(args.condition)}; got {item!r}")
+        loras[int(index) - 1] = path
+    conditions = []
+    for i, item in enumerate(args.condition):
+        kind, sep, rest = item.partition(":")
+        if not sep or not rest:
+            raise AttnKitError(f"--condition takes KIND:IMAGE[:KEYWORD] (spatial:edges.png, subject:cat.png:cat); got {item!r}")
+        image, keyword = rest, None
+        if kind == "subject":
+            image, sep, keyword = rest.rpartition(":")
+            if not sep:
+                raise AttnKitError(f"a subject condition needs its keyword: subject:IMAGE:WORD; got {item!r}")
+        if not Path(image).expanduser().is_file():
+            raise AttnKitError(f"--condition {item}: no such image file {image!r}")
+        conditions.append(Condition(kind=kind, image=image, keyword=keyword, lora=loras.get(i)))
+    return PKA(conditions=conditions, **options)
 
 
 
 def _generate(args) -> int:
     from tqdm.auto import tqdm
 
+    from .methods import REGISTRY
     from .models import TINY_IMAGE_SIZE, is_tiny, load_pipeline
     from .runtime import generate
 
@@ -175,7 +224,8 @@ def _generate(args) -> int:
             settings["guidance_scale"] = args.cfg
         if height and width:
             settings.update(width=width, height=height)
-        Preset.from_methods(methods, settings=settings).save_png(
+        presettable = [m for m in methods if m.id in REGISTRY]  # condition images (pka) are not preset data
+        Preset.from_methods(presettable, settings=settings).save_png(
             result.images[0], args.out, prompt=args.prompt, negative_prompt=args.negative_prompt or "",
             model=args.model)
     else:

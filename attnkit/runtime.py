@@ -246,13 +246,22 @@ class Run:
         self._t0 = time.perf_counter()
 
     def uninstall(self) -> None:
-        """Put back the very same processor objects that were there before :meth:`install`."""
+        """Put back the very same processor objects that were there before :meth:`install`; let every method undo
+        what it added to the model."""
+        errors = []
+        for c in self.controllers:
+            try:
+                c.release()
+            except Exception as exc:  # restore the processors first, then report
+                errors.append(exc)
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
         if self._saved is not None:
             self.denoiser.set_attn_processor(self._saved)
             self._saved = None
+        if errors:
+            raise errors[0]
 
     def finish(self) -> Report:
         """Let every controller write its report; called after a successful pipeline call."""
@@ -590,14 +599,17 @@ class Run:
         if route.replacer is None:
             return processor.inner(attn, hidden_states, *args, **kwargs)
         c = route.replacer
+        # the third positional argument is temb for UNet processors, image_rotary_emb for Flux's
+        third = "image_rotary_emb" if self.family == "flux" else "temb"
+        extra = {k: v for k, v in kwargs.items() if k not in ("encoder_hidden_states", "attention_mask", "temb", third)}
+        extra[third] = _arg(args, kwargs, third, 2)
+        temb = extra.pop("temb", None)
         with c.timed("replace_s"):
             return c.attend(
                 layer, self._grad.step if self._grad is not None else self.step, attn, hidden_states,
                 encoder_hidden_states=_arg(args, kwargs, "encoder_hidden_states", 0),
                 attention_mask=_arg(args, kwargs, "attention_mask", 1),
-                temb=_arg(args, kwargs, "temb", 2),
-                rows=self._call.cond_rows,
-                **{k: v for k, v in kwargs.items() if k not in ("encoder_hidden_states", "attention_mask", "temb")},
+                temb=temb, rows=self._call.cond_rows, **extra,
             )
 
     # ------------------------------------------------------------------------------------------- attention

@@ -8,11 +8,13 @@ from .attend_excite import AttendExcite, AttendExciteConfig
 from .dpl import DPL, DPLConfig
 from .observe import Observe, ObserveConfig
 from .p2p import P2P, P2PConfig
+from .pka import PKA, PKAConfig
 from .structured import StructuredConfig, StructuredGuidance
 
 #: method id -> Method class of the methods that act on one generation (attnkit.generate, the panel, hosts).
 #: Ids are stable and never renamed once released. The editing methods (``p2p``, ``dpl``) run through
-#: attnkit.prompt_to_prompt / attnkit.edit, which take two prompts.
+#: attnkit.prompt_to_prompt / attnkit.edit, which take two prompts; ``pka`` takes condition images, so it is given
+#: to attnkit.generate directly (not a preset, not a host control).
 REGISTRY: dict[str, type[Method]] = {cls.id: cls for cls in (Observe, StructuredGuidance, AStar, AttendExcite)}
 
 
@@ -28,6 +30,6 @@ def get_method(method_id: str) -> type[Method]:
 
 __all__ = [
     "AStar", "AStarConfig", "AttendExcite", "AttendExciteConfig", "Controller", "DPL", "DPLConfig", "Method",
-    "MethodReport", "Observe", "ObserveConfig", "P2P", "P2PConfig", "REGISTRY", "StructuredConfig",
+    "MethodReport", "Observe", "ObserveConfig", "P2P", "P2PConfig", "PKA", "PKAConfig", "REGISTRY", "StructuredConfig",
     "StructuredGuidance", "get_method",
 ]

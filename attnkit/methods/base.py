@@ -119,6 +119,10 @@ class Controller:
     def finish(self) -> None:
         """Called after a successful run; fill :attr:`report`."""
 
+    def release(self) -> None:
+        """Called when the run is removed from the pipeline, whatever happened: undo what :meth:`bind` put on the
+        user's model (adapters, caches)."""
+
     def timed(self, key: str):
         """Context manager adding the enclosed time to ``report.timings[key]`` (seconds)."""
         return _Timer(self.report.timings, key)

@@ -229,6 +229,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
 
     from ..models import TINY_IMAGE_SIZE, is_tiny, load_pipeline
     from ..runtime import generate
+    from .conditions import build_conditions, pka_from_controls
     from .edit_tab import build_edit_tab
 
     state = AppState(default_model, loader or load_pipeline, lock_model)
@@ -260,6 +261,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                         height = gr.Slider(64, 2048, value=TINY_IMAGE_SIZE, step=8, label="Height", elem_id="ak-height")
                     compare = gr.Checkbox(label="Compare with baseline (same seed, no attnkit)", value=False,
                                           elem_id="ak-compare")
+                    condition_inputs, keyword_pickers = build_conditions(gr)
                     for method_id in method_ids:
                         with gr.Accordion(METHOD_TITLES[method_id], open=False, elem_id=f"ak-acc-{method_id}"):
                             toggles[method_id] = gr.Checkbox(label=f"Enable {METHOD_TITLES[method_id]}", value=False,
@@ -318,6 +320,9 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                     raise AttnKitError("type a prompt first")
                 enabled, per = read_controls(values)
                 methods = methods_from_controls(enabled, per, _split(words) or [])
+                pka = pka_from_controls(values[len(method_ids) + len(flat):])
+                if pka is not None:
+                    methods.append(pka)
                 pipe, lock = state.pipe(model_name)
                 kwargs = dict(num_inference_steps=int(n_steps), guidance_scale=float(scale), width=int(w),
                               height=int(h))
@@ -349,7 +354,9 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                         from ..viz import overlay
 
                         maps.append((overlay(result.images[0], m[0]), f"{method_id}: {word}"))
-                preset = Preset.from_methods(methods, settings={"steps": int(n_steps), "guidance_scale": float(scale),
+                # presets carry the methods of the field table; condition images (pka) are not preset data
+                presettable = [m for m in methods if m.id in REGISTRY]
+                preset = Preset.from_methods(presettable, settings={"steps": int(n_steps), "guidance_scale": float(scale),
                                                                  "seed": int(seed_value), "width": int(w),
                                                                  "height": int(h)})
                 out = Path(tempfile.mkdtemp(prefix="attnkit-")) / "attnkit.png"
@@ -364,9 +371,18 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 raise gr.Error(f"generation failed: {type(exc).__name__}: {exc}") from None
 
         event = run_button.click(
-            run, [model, prompt, negative, picked, seed, steps, cfg, width, height, compare, *toggle_list, *widgets],
+            run, [model, prompt, negative, picked, seed, steps, cfg, width, height, compare, *toggle_list, *widgets,
+                  *condition_inputs],
             [images, heatmaps, download, status], concurrency_limit=1,
         )
+
+        def update_keywords(model_name, text, *current):
+            updates = [words_update(gr, state, model_name, text, [c] if c else [], "Keyword (subject)")
+                       for c in current]
+            return [{**u, "value": (u.get("value") or [None])[0]} for u in updates]
+
+        for trigger in (prompt.change, model.change):
+            trigger(update_keywords, [model, prompt, *keyword_pickers], keyword_pickers)
 
         def request_stop(request: gr.Request = None):
             return state.request_stop(request)

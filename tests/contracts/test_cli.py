@@ -109,3 +109,32 @@ def test_edit_bad_input_is_one_line_and_status_2(tmp_path, capsys, extra, messag
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_generate_with_conditions_runs_pka_on_flux(tmp_path):
+    edges, cat, out, report = tmp_path / "e.png", tmp_path / "c.png", tmp_path / "o.png", tmp_path / "r.json"
+    Image.new("RGB", (64, 64), "white").save(edges)
+    Image.new("RGB", (64, 64), "orange").save(cat)
+    code = main(["generate", "--model", "tiny-flux", "--prompt", "a cat on a sofa", "--steps", "2", "--height", "64",
+                 "--width", "64", "--condition", f"spatial:{edges}", "--condition", f"subject:{cat}:cat",
+                 "--pka-window", "3", "--out", str(out), "--report", str(report)])
+    assert code == 0 and Image.open(out).size == (64, 64)
+    assert json.loads(report.read_text())["methods"]["pka"]["maps"]["cat"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--condition", "subject:{cat}"], "needs its keyword"),
+    (["--condition", "spatial:nope.png"], "no such image file"),
+    (["--pka-window", "3"], "need at least one --condition"),
+    (["--condition", "spatial:{cat}", "--condition-lora", "2=x.safetensors"], "N from 1 to 1"),
+    (["--condition", "subject:{cat}:dog"], "'dog' is not in the prompt"),
+])
+def test_condition_errors_are_one_line(tmp_path, capsys, extra, message):
+    cat = tmp_path / "c.png"
+    Image.new("RGB", (64, 64)).save(cat)
+    extra = [e.format(cat=cat) for e in extra]
+    args = ["generate", "--model", "tiny-flux", "--prompt", "a cat on a sofa", "--steps", "2", "--height", "64",
+            "--width", "64"] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -46,10 +46,10 @@ def test_python_example_runs(index, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("line", CLI_LINES)
 def test_cli_example_runs(line, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    if "--image photo.png" in line:  # the edit example works on a photo of yours
-        from PIL import Image
+    from PIL import Image
 
-        Image.new("RGB", (96, 64), (120, 80, 40)).save(tmp_path / "photo.png")
+    for name in re.findall(r"(?:--image |--condition \w+:)([\w.]+\.png)", line):  # pictures of yours
+        Image.new("RGB", (96, 64), (120, 80, 40)).save(tmp_path / name)
     assert main(shlex.split(line)[1:]) == 0
     if "--out" in line:
         assert (tmp_path / "out.png").is_file()

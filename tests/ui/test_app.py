@@ -40,9 +40,16 @@ def defaults(enable=(), **overrides):
     return toggles + values
 
 
+def no_conditions():
+    """The Conditions section's inputs of /run, all empty: per slot (image, kind, keyword), then the knobs."""
+    from attnkit.ui.conditions import SLOTS
+
+    return [None, "spatial", None] * SLOTS + ["pka", 1, 0.2, False]
+
+
 def call_run(client, prompt, words=(), seed=0, enable=(), compare=False, **overrides):
     return client.predict("tiny-sd15", prompt, "", ", ".join(words), seed, 3, 7.5, 64, 64, compare,
-                          *defaults(enable, **overrides), api_name="/run")
+                          *defaults(enable, **overrides), *no_conditions(), api_name="/run")
 
 
 def pixels(gallery, index=0):
@@ -114,7 +121,7 @@ def test_stop_interrupts_and_restores(app):
     pipe = app.attnkit_state.pipe("tiny-sd15")[0]
     before = dict(pipe.unet.attn_processors)
     job = client.submit("tiny-sd15", "a cat and a dog", "", "cat, dog", 0, 150, 7.5, 64, 64, False,
-                        *defaults(enable=("a_star",)), api_name="/run")
+                        *defaults(enable=("a_star",)), *no_conditions(), api_name="/run")
     import time
 
     deadline = time.time() + 60
@@ -192,3 +199,22 @@ def test_edit_tab_errors_are_one_readable_line(app, tmp_path):
     with pytest.raises(Exception, match="upload a photo first"):
         client.predict("tiny-sd15", None, "a cat", "a dog", "", "replace", "", "", 0.3, "0, 0.8", "0, 0.4", 1, 1,
                        False, 1, 4, 7.5, api_name="/edit")
+
+
+def test_conditions_section_runs_pka_on_flux(app, tmp_path):
+    from gradio_client import handle_file
+
+    edges, cat = tmp_path / "edges.png", tmp_path / "cat.png"
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(edges)
+    Image.new("RGB", (64, 64), (200, 100, 50)).save(cat)
+    client = Client(app.local_url, verbose=False)
+    inputs = no_conditions()
+    inputs[0:3] = [handle_file(str(edges)), "spatial", None]
+    inputs[3:6] = [handle_file(str(cat)), "subject", "cat"]
+    gallery, maps, png, status = client.predict("tiny-flux", "a cat on a sofa", "", "", 0, 2, 3.5, 64, 64, False,
+                                                *defaults(), *inputs, api_name="/run")
+    assert status.startswith("Done") and len(gallery) == 1
+    inputs[3:6] = [handle_file(str(cat)), "subject", None]
+    with pytest.raises(Exception, match="pick the prompt word that names it"):
+        client.predict("tiny-flux", "a cat on a sofa", "", "", 0, 2, 3.5, 64, 64, False, *defaults(), *inputs,
+                       api_name="/run")
