@@ -83,13 +83,15 @@ class Pattern:
 
 def pka_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: int,
                   spatial: list[tuple[torch.Tensor, torch.Tensor]], subjects: list[tuple[torch.Tensor, torch.Tensor]],
-                  pattern: Pattern) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  pattern: Pattern, head_chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Outputs of the text and image queries under the PKA pattern.
 
     Args:
         q, k, v: ``(B, T + N, H, D)`` text then image tokens (after norms and RoPE).
         spatial, subjects: ``(k, v)`` of each spatial / subject condition, ``(B, N_c, H, D)``.
         pattern: the :class:`Pattern`.
+        head_chunk: heads computed at once for the image queries (memory: the augmented copies of the keys and
+            values exist for this many heads at a time).
 
     Returns:
         ``(out, keyword_mass)``: ``out`` ``(B, T + N, H, D)``; ``keyword_mass`` ``(B, N, n_subjects)`` (heads
@@ -106,32 +108,51 @@ def pka_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: i
     neighbours = [_neighbours(pattern.grid, o, q.device) for o in offsets]
     if len(neighbours) and neighbours[0][0].numel() != n:
         raise ValueError(f"the image has {n} tokens but the grid {pattern.grid} has {neighbours[0][0].numel()}")
-    extra_k, extra_v, extra_valid = [], [], []  # per extra key: (B, N, H, D) gathered keys/values, (N,) validity
-    for ks, vs in spatial:
-        for index, valid in neighbours:
-            extra_k.append(ks[:, index])
-            extra_v.append(vs[:, index])
-            extra_valid.append(valid)
     keywords = pattern.keyword_keys or []
+    out_x = torch.empty_like(qx)
+    mass = qx.new_zeros(b, n, len(keywords), dtype=torch.float32) if keywords else None
+    chunk = max(1, min(heads, head_chunk))
+    for h0 in range(0, heads, chunk):  # a few heads at a time: the augmented copies stay small
+        hs = slice(h0, min(heads, h0 + chunk))
+        o, m = _image_queries(qx[:, :, hs], k[:, :, hs], v[:, :, hs], text_len,
+                              [(ks[:, :, hs], vs[:, :, hs]) for ks, vs in spatial],
+                              [(ks[:, :, hs], vs[:, :, hs]) for ks, vs in subjects],
+                              offsets, neighbours, keywords, pattern, scale)
+        out_x[:, :, hs] = o
+        if mass is not None:
+            mass += m.float().sum(dim=2)
+    if mass is not None:
+        mass /= heads
+    return torch.cat([text_out, out_x], dim=1), mass
+
+
+def _image_queries(qx, k, v, text_len, spatial, subjects, offsets, neighbours, keywords, pattern: Pattern, scale):
+    """Image queries' outputs ``(B, N, h, D)`` and keyword masses ``(B, N, h, n_keywords)`` for a slice of heads."""
+    b, n, heads, d = qx.shape
+    length = k.shape[1]
+    extra_k, extra_v, extra_valid = [], [], []  # per extra key: (B, N, h, D) keys/values, (N,) validity
+    for ks, vs in spatial:
+        for offset, (index, valid) in zip(offsets, neighbours):
+            if offset == (0, 0):  # the aligned token: the condition's own keys and values, no copy
+                extra_k.append(ks)
+                extra_v.append(vs)
+            else:
+                extra_k.append(ks[:, index])
+                extra_v.append(vs[:, index])
+            extra_valid.append(valid)
     residual_out = None
     if pattern.residual and extra_k:
         residual_out = _residual(qx, extra_k, extra_v, extra_valid, len(spatial), len(offsets), scale)
         extra_k, extra_v, extra_valid = [], [], []
     e, kw = len(extra_k), len(keywords)
     dim = d + e + kw
-    pad = (-dim) % 8  # SDPA's fast kernels want head dims in multiples of 8
-    dim += pad
-    neg = torch.finfo(q.dtype).min / 4
-
-    def augment_q(x):
-        out = x.new_zeros(*x.shape[:-1], dim)
-        out[..., :d] = x
-        return out
-
-    qa = augment_q(qx)
+    dim += (-dim) % 8  # SDPA's fast kernels want head dims in multiples of 8
+    neg = torch.finfo(qx.dtype).min / 4
+    qa = qx.new_zeros(b, n, heads, dim)
+    qa[..., :d] = qx
     for j, (ke, valid) in enumerate(zip(extra_k, extra_valid)):
-        dots = (qx.float() * ke.float()).sum(-1)  # (B, N, H)
-        qa[..., d + j] = torch.where(valid[None, :, None], dots, torch.full_like(dots, neg)).to(q.dtype)
+        dots = (qx.float() * ke.float()).sum(-1)  # (B, N, h): the raw score of the extra key
+        qa[..., d + j] = torch.where(valid[None, :, None], dots, torch.full_like(dots, neg)).to(qx.dtype)
     ka = k.new_zeros(b, length + e, heads, dim)
     ka[:, :length, :, :d] = k
     va = v.new_zeros(b, length + e, heads, dim)
@@ -141,19 +162,19 @@ def pka_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: i
         va[:, length + j, :, d + j] = 1
     for j, positions in enumerate(keywords):
         va[:, positions, :, d + e + j] = 1
-    subject_k = [torch.cat([ks, ks.new_zeros(*ks.shape[:-1], dim - d)], -1) for ks, _ in subjects]
-    subject_v = [torch.cat([vs, vs.new_zeros(*vs.shape[:-1], dim - d)], -1) for _, vs in subjects]
-
-    image_out = qx.new_zeros(b, n, heads, dim)
+    pad = [(0, dim - d)]
+    subject_k = [F.pad(ks, *pad) for ks, _ in subjects]
+    subject_v = [F.pad(vs, *pad) for _, vs in subjects]
+    image_out = qx.new_empty(b, n, heads, dim)
     masks = pattern.subject_masks
     for row in range(b):
         if not subjects:
-            groups = {(): torch.arange(n, device=q.device)}
+            groups = {(): torch.arange(n, device=qx.device)}
         elif masks is None:
-            groups = {tuple(range(len(subjects))): torch.arange(n, device=q.device)}
+            groups = {tuple(range(len(subjects))): torch.arange(n, device=qx.device)}
         else:
             member = torch.stack([m[row].bool() for m in masks], dim=-1)  # (N, n_subjects)
-            code = (member.long() << torch.arange(len(subjects), device=q.device)).sum(-1)
+            code = (member.long() << torch.arange(len(subjects), device=qx.device)).sum(-1)
             groups = {}
             for value in torch.unique(code).tolist():
                 chosen = tuple(s for s in range(len(subjects)) if value >> s & 1)
@@ -162,13 +183,12 @@ def pka_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: i
             keys = torch.cat([ka[row:row + 1]] + [subject_k[s][row:row + 1] for s in chosen], dim=1)
             values = torch.cat([va[row:row + 1]] + [subject_v[s][row:row + 1] for s in chosen], dim=1)
             image_out[row:row + 1, index] = sdpa(qa[row:row + 1, index], keys, values, scale=scale)
-    out_x = image_out[..., :d].clone()
+    out = image_out[..., :d].clone()
     for j in range(e):
-        out_x = out_x + image_out[..., d + j : d + j + 1] * extra_v[j]
+        out += image_out[..., d + j : d + j + 1] * extra_v[j]
     if residual_out is not None:
-        out_x = out_x + residual_out
-    mass = image_out[..., d + e : d + e + kw].float().mean(dim=2) if kw else None
-    return torch.cat([text_out, out_x.to(q.dtype)], dim=1), mass
+        out += residual_out
+    return out.to(qx.dtype), image_out[..., d + e : d + e + kw]
 
 
 def _residual(qx, keys, values, valid, conditions: int, per: int, scale: float) -> torch.Tensor:

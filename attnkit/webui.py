@@ -356,7 +356,10 @@ class SDNextJob(Job):
         prompt = _job_prompt(p) if prompts is None else _one(prompts)
         if not fixed:
             prompt = strip_weights(prompt)
-            self.messages.append("SD.Next's prompt parser encodes the prompt; token positions follow its plain text")
+            message = ("SD.Next's prompt parser encodes the prompt, so token positions follow its plain text; turn on "
+                       "exact tokens for exact positions")
+            if message not in self.messages:
+                self._say(message)
         run = Run(pipe, self.methods, prompt=prompt)
         run.install()
         self.run = run

@@ -12,8 +12,9 @@ text tokens, 1024 image tokens (512 px), 1024 tokens per condition, for 1, 2, 4,
 
 Conditions are all spatial (``--kinds spatial``, the paper's scaling table) or alternate spatial/subject
 (``--kinds mixed``). Each measurement runs in its own process: time is the median of ``--repeats`` calls after one
-warm-up; memory is the process's peak resident memory during the calls minus the resident memory before them (CPU),
-or ``torch.cuda.max_memory_allocated`` above the inputs (CUDA). Inputs, weights and the condition cache exist before
+warm-up; memory is the process's peak resident memory during the timed calls minus the resident memory before them, sampled in
+a thread with glibc returning freed buffers at once (CPU), or ``torch.cuda.max_memory_allocated`` above the inputs
+(CUDA). Inputs, weights and the condition cache exist before
 the measurement; the cache's size is printed beside (it persists between steps).
 
     python benchmarks/pka.py
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,6 +47,30 @@ IMAGE = GRID[0] * GRID[1]
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class RssPeak:
+    """The process's largest resident memory while it runs, sampled every 0.2 ms in a thread. The child runs with
+    glibc's mmap threshold at 64 KiB, so every tensor buffer is its own mapping, returned to the system when freed:
+    resident memory then follows what is allocated (the default allocator keeps freed memory resident)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak = rss_bytes()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self):
+        while not self.done.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.0002)
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return max(self.peak, rss_bytes())
 
 
 def child(mode: str, count: int, args) -> dict:
@@ -122,6 +146,7 @@ def child(mode: str, count: int, args) -> dict:
             before = torch.cuda.memory_allocated()
         else:
             before = rss_bytes()
+            sampler = RssPeak()
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
@@ -132,7 +157,7 @@ def child(mode: str, count: int, args) -> dict:
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated() - before
         else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+            peak = sampler.stop() - before
     cache_bytes = sum(x.numel() * x.element_size() for pair in (cache or []) for x in pair)
     return {"time": statistics.median(times), "peak": max(peak, 0), "cache": cache_bytes}
 
@@ -158,7 +183,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--device", args.device, "--dtype", args.dtype, "--kinds", args.kinds,
                    "--mask", str(args.mask), "--repeats", str(args.repeats), "--child",
                    "pka" if mode == "pka" else ("pka0" if mode == "pka0" else "full"), str(count)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
             row[mode] = json.loads(out)
         rows.append(row)
         print(f"measured {count} condition(s)", file=sys.stderr)

@@ -182,6 +182,10 @@ def test_sdnext_without_exact_tokens_reads_embeddings_sdnext_encoded(webui_scrip
     hostsim.run_job("sdnext", script, p, control_args(methods={"observe": {"words": "car"}}, exact_tokens=False))
     maps = script.last_job.reports[0]["observe"].maps["car"]
     assert torch.isclose(maps.sum(), torch.tensor(1.0), atol=1e-4)
+    # the user is told, under the result, once
+    assert [c for c in p.comments if "token positions follow its plain text" in c] == [
+        "AttnKit: SD.Next's prompt parser encodes the prompt, so token positions follow its plain text; turn on "
+        "exact tokens for exact positions"]
 
 
 def test_sdnext_gradient_method_runs_under_inference_mode(webui_script, sd15):

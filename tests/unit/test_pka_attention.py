@@ -103,3 +103,14 @@ def test_window_offsets_start_with_the_aligned_token():
     assert pa.window_offsets(1) == [(0, 0)]
     offsets = pa.window_offsets(3)
     assert offsets[0] == (0, 0) and len(offsets) == 9 and len(set(offsets)) == 9
+
+
+def test_head_chunks_give_the_same_result():
+    kinds = ["spatial", "subject"]
+    q, k, v, conds = groups(kinds, seed=4)
+    masks = [torch.rand(B, N, generator=torch.Generator().manual_seed(1)) > 0.5]
+    pattern = Pattern(GRID, 3, False, masks, [[2]])
+    whole, mass = pka_attention(q, k, v, T, [conds[0]], [conds[1]], pattern, head_chunk=H)
+    split, mass1 = pka_attention(q, k, v, T, [conds[0]], [conds[1]], pattern, head_chunk=1)
+    torch.testing.assert_close(split, whole)
+    torch.testing.assert_close(mass1, mass)
