@@ -126,8 +126,28 @@ def pka_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_len: i
     return torch.cat([text_out, out_x], dim=1), mass
 
 
+def subject_summary(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, chunk: int = 1024):
+    """For queries ``(M, h, D)`` against one subject's keys and values ``(N_r, h, D)``: the log of each query's
+    softmax normaliser over those keys, ``(M, h)``, and its attention output over them, ``(M, h, D)``. Only the
+    queries inside the subject's mask come here; scores exist for ``chunk`` of them at a time."""
+    lse, out = [], []
+    for start in range(0, q.shape[0], chunk):
+        scores = torch.einsum("mhd,nhd->hmn", q[start:start + chunk].float(), k.float()) * scale
+        lse.append(scores.logsumexp(-1).transpose(0, 1))
+        out.append(torch.einsum("hmn,nhd->mhd", scores.softmax(-1), v.float()))
+    if not lse:
+        return q.new_zeros(0, q.shape[1], dtype=torch.float32), q.new_zeros(0, *q.shape[1:], dtype=torch.float32)
+    return torch.cat(lse), torch.cat(out)
+
+
 def _image_queries(qx, k, v, text_len, spatial, subjects, offsets, neighbours, keywords, pattern: Pattern, scale):
-    """Image queries' outputs ``(B, N, h, D)`` and keyword masses ``(B, N, h, n_keywords)`` for a slice of heads."""
+    """Image queries' outputs ``(B, N, h, D)`` and keyword masses ``(B, N, h, n_keywords)`` for a slice of heads.
+
+    One SDPA call over ``T u X`` plus one extra key dimension per position-aligned key and one per subject: a
+    subject's key has the query's log-normaliser over the subject's tokens as its score (so its probability is the
+    subject's share of the joint softmax) and brings the query's attention output over the subject; queries outside
+    the subject's mask give it no score at all.
+    """
     b, n, heads, d = qx.shape
     length = k.shape[1]
     extra_k, extra_v, extra_valid = [], [], []  # per extra key: (B, N, h, D) keys/values, (N,) validity
@@ -144,8 +164,8 @@ def _image_queries(qx, k, v, text_len, spatial, subjects, offsets, neighbours, k
     if pattern.residual and extra_k:
         residual_out = _residual(qx, extra_k, extra_v, extra_valid, len(spatial), len(offsets), scale)
         extra_k, extra_v, extra_valid = [], [], []
-    e, kw = len(extra_k), len(keywords)
-    dim = d + e + kw
+    e, r, kw = len(extra_k), len(subjects), len(keywords)
+    dim = d + e + r + kw
     dim += (-dim) % 8  # SDPA's fast kernels want head dims in multiples of 8
     neg = torch.finfo(qx.dtype).min / 4
     qa = qx.new_zeros(b, n, heads, dim)
@@ -153,42 +173,38 @@ def _image_queries(qx, k, v, text_len, spatial, subjects, offsets, neighbours, k
     for j, (ke, valid) in enumerate(zip(extra_k, extra_valid)):
         dots = (qx.float() * ke.float()).sum(-1)  # (B, N, h): the raw score of the extra key
         qa[..., d + j] = torch.where(valid[None, :, None], dots, torch.full_like(dots, neg)).to(qx.dtype)
-    ka = k.new_zeros(b, length + e, heads, dim)
+    subject_out = []
+    for j, (ks, vs) in enumerate(subjects):
+        slot = qa[..., d + e + j]
+        slot.fill_(neg)
+        outs = qx.new_zeros(b, n, heads, d, dtype=torch.float32)
+        for row in range(b):
+            if pattern.subject_masks is None:
+                inside = torch.arange(n, device=qx.device)
+            else:
+                inside = torch.nonzero(pattern.subject_masks[j][row].bool()).flatten()
+            lse, out = subject_summary(qx[row, inside], ks[row], vs[row], scale)
+            slot[row, inside] = (lse / scale).to(qx.dtype)
+            outs[row, inside] = out
+        subject_out.append(outs)
+    ka = k.new_zeros(b, length + e + r, heads, dim)
     ka[:, :length, :, :d] = k
-    va = v.new_zeros(b, length + e, heads, dim)
+    va = v.new_zeros(b, length + e + r, heads, dim)
     va[:, :length, :, :d] = v
-    for j in range(e):
+    for j in range(e + r):
         ka[:, length + j, :, d + j] = 1
         va[:, length + j, :, d + j] = 1
     for j, positions in enumerate(keywords):
-        va[:, positions, :, d + e + j] = 1
-    pad = [(0, dim - d)]
-    subject_k = [F.pad(ks, *pad) for ks, _ in subjects]
-    subject_v = [F.pad(vs, *pad) for _, vs in subjects]
-    image_out = qx.new_empty(b, n, heads, dim)
-    masks = pattern.subject_masks
-    for row in range(b):
-        if not subjects:
-            groups = {(): torch.arange(n, device=qx.device)}
-        elif masks is None:
-            groups = {tuple(range(len(subjects))): torch.arange(n, device=qx.device)}
-        else:
-            member = torch.stack([m[row].bool() for m in masks], dim=-1)  # (N, n_subjects)
-            code = (member.long() << torch.arange(len(subjects), device=qx.device)).sum(-1)
-            groups = {}
-            for value in torch.unique(code).tolist():
-                chosen = tuple(s for s in range(len(subjects)) if value >> s & 1)
-                groups[chosen] = torch.nonzero(code == value).flatten()
-        for chosen, index in groups.items():
-            keys = torch.cat([ka[row:row + 1]] + [subject_k[s][row:row + 1] for s in chosen], dim=1)
-            values = torch.cat([va[row:row + 1]] + [subject_v[s][row:row + 1] for s in chosen], dim=1)
-            image_out[row:row + 1, index] = sdpa(qa[row:row + 1, index], keys, values, scale=scale)
-    out = image_out[..., :d].clone()
+        va[:, positions, :, d + e + r + j] = 1
+    image_out = sdpa(qa, ka, va, scale=scale)
+    out = image_out[..., :d].float()  # out-of-place from here: the output may be part of a training graph
     for j in range(e):
-        out += image_out[..., d + j : d + j + 1] * extra_v[j]
+        out = out + image_out[..., d + j : d + j + 1].float() * extra_v[j].float()
+    for j in range(r):
+        out = out + image_out[..., d + e + j : d + e + j + 1].float() * subject_out[j]
     if residual_out is not None:
-        out += residual_out
-    return out.to(qx.dtype), image_out[..., d + e : d + e + kw]
+        out = out + residual_out.float()
+    return out.to(qx.dtype), image_out[..., d + e + r : d + e + r + kw]
 
 
 def _residual(qx, keys, values, valid, conditions: int, per: int, scale: float) -> torch.Tensor:

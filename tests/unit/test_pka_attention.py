@@ -79,24 +79,28 @@ def test_residual_reading_adds_the_aligned_values():
 
 
 def test_masked_out_pairs_cost_nothing(monkeypatch):
-    """Subject keys enter the SDPA calls of the queries inside their mask only (gathered), never the others."""
+    """A subject's tokens meet only the queries inside its mask (gathered); the one SDPA call has no (L, L) mask."""
     kinds = ["subject"]
     q, k, v, conds = groups(kinds, seed=3)
     masks = [torch.zeros(B, N, dtype=torch.bool)]
     masks[0][:, :5] = True
-    calls = []
-    real = pa.sdpa
+    summaries, calls = [], []
+    real_summary, real_sdpa = pa.subject_summary, pa.sdpa
+
+    def summary(q_, k_, v_, scale, chunk=1024):
+        summaries.append((q_.shape[0], k_.shape[0]))
+        return real_summary(q_, k_, v_, scale, chunk)
 
     def recording(q_, k_, v_, scale=None, mask=None):
         calls.append((q_.shape[1], k_.shape[1], mask))
-        return real(q_, k_, v_, scale=scale, mask=mask)
+        return real_sdpa(q_, k_, v_, scale=scale, mask=mask)
 
+    monkeypatch.setattr(pa, "subject_summary", summary)
     monkeypatch.setattr(pa, "sdpa", recording)
     pka_attention(q, k, v, T, [], conds, Pattern(GRID, subject_masks=masks))
-    with_subject = [(lq, lk) for lq, lk, _ in calls if lk == T + N + SUBJECT_LEN]
-    assert sum(lq for lq, _ in with_subject) == B * 5  # only the 5 masked-in queries of each row see the subject
-    assert all(mask is None for _, _, mask in calls)  # no (L, L) mask is ever built: gathered queries instead
-    assert all(lk <= T + N + SUBJECT_LEN for _, lk, _ in calls)
+    assert summaries == [(5, SUBJECT_LEN)] * B  # only the 5 masked-in queries of each row see the subject's tokens
+    assert all(mask is None for _, _, mask in calls)  # no (L, L) mask is ever built
+    assert all(lk <= T + N + len(kinds) for _, lk, _ in calls)  # the subject is one key per query in the SDPA call
 
 
 def test_window_offsets_start_with_the_aligned_token():
