@@ -98,3 +98,32 @@ def test_generate_and_load_a_preset_in_a_browser(app, browser):
     assert not browser.find_element(By.CSS_SELECTOR, "#ak-enable-observe input").is_selected()
     assert browser.find_element(By.CSS_SELECTOR, "#ak-structured_conjunction input").is_selected()
     browser.save_screenshot(str(ARTIFACTS / "app-preset.png"))
+
+
+def test_edit_a_photo_in_a_browser(app, browser, tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (128, 128), (40, 140, 200)).save(photo)
+    browser.get(app.local_url)
+    tab = WebDriverWait(browser, 60).until(
+        lambda d: next((b for b in d.find_elements(By.CSS_SELECTOR, "button[role='tab'], .tab-nav button")
+                        if b.text.strip() == "Edit a photo"), None))
+    click(browser, tab)
+    find(browser, "#ak-edit-image input[type='file']").send_keys(str(photo))
+    source = find(browser, "#ak-edit-source textarea, #ak-edit-source input")
+    source.send_keys("a cat and a dog")
+    source.send_keys(Keys.TAB)
+    find(browser, "#ak-edit-target textarea, #ak-edit-target input").send_keys("a cat and a fox")
+    WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ak-edit-words input")) >= 5)
+    labels = {el.text.strip(): el for el in browser.find_elements(By.CSS_SELECTOR, "#ak-edit-words label")}
+    click(browser, labels["dog"].find_element(By.CSS_SELECTOR, "input"))
+    steps = find(browser, "#ak-edit-steps input[type='number']")
+    steps.clear()
+    steps.send_keys("4", Keys.TAB)
+    click(browser, find(browser, "#ak-edit-run"))
+    WebDriverWait(browser, 180).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ak-edit-views img")) >= 3)
+    WebDriverWait(browser, 60).until(lambda d: "PSNR" in d.find_element(By.CSS_SELECTOR, "#ak-edit-status").text)
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "app-edit.png"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#ak-edit-maps img")  # the dog's map and the masks
