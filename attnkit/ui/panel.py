@@ -381,7 +381,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                        for c in current]
             return [{**u, "value": (u.get("value") or [None])[0]} for u in updates]
 
-        for trigger in (prompt.change, model.change):
+        for trigger in (prompt.blur, prompt.submit, model.change):  # not per keystroke: the words picker is
             trigger(update_keywords, [model, prompt, *keyword_pickers], keyword_pickers)
 
         def request_stop(request: gr.Request = None):

@@ -58,15 +58,30 @@ def click(driver, element):
     driver.execute_script("arguments[0].click();", element)
 
 
+def pick(browser, container, words, timeout=60):
+    """Tick ``words`` in a word picker, again if a late picker refresh (from typing) unticked them."""
+    deadline = time.time() + timeout
+    while True:
+        time.sleep(0.5)  # let refreshes still in flight from typing arrive first
+        labels = {el.text.strip(): el for el in browser.find_elements(By.CSS_SELECTOR, f"{container} label")}
+        boxes = {w: labels[w].find_element(By.CSS_SELECTOR, "input") for w in words}
+        for box in boxes.values():
+            if not box.is_selected():
+                click(browser, box)
+        time.sleep(0.5)
+        labels = {el.text.strip(): el for el in browser.find_elements(By.CSS_SELECTOR, f"{container} label")}
+        if all(labels[w].find_element(By.CSS_SELECTOR, "input").is_selected() for w in words):
+            return
+        assert time.time() < deadline, f"could not pick {words}"
+
+
 def test_generate_and_load_a_preset_in_a_browser(app, browser):
     browser.get(app.local_url)
     prompt = find(browser, "#ak-prompt textarea")
     prompt.send_keys("a red car and a blue bird")
     prompt.send_keys(Keys.TAB)  # blur: the word picker refreshes
     WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ak-words input")) >= 7)
-    labels = {el.text.strip(): el for el in browser.find_elements(By.CSS_SELECTOR, "#ak-words label")}
-    for word in ("car", "bird"):
-        click(browser, labels[word].find_element(By.CSS_SELECTOR, "input"))
+    pick(browser, "#ak-words", ["car", "bird"])
     click(browser, find(browser, "#ak-acc-observe button, #ak-acc-observe .label-wrap"))
     click(browser, find(browser, "#ak-enable-observe input"))
     click(browser, find(browser, "#ak-generate"))
@@ -116,8 +131,7 @@ def test_edit_a_photo_in_a_browser(app, browser, tmp_path):
     source.send_keys(Keys.TAB)
     find(browser, "#ak-edit-target textarea, #ak-edit-target input").send_keys("a cat and a fox")
     WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ak-edit-words input")) >= 5)
-    labels = {el.text.strip(): el for el in browser.find_elements(By.CSS_SELECTOR, "#ak-edit-words label")}
-    click(browser, labels["dog"].find_element(By.CSS_SELECTOR, "input"))
+    pick(browser, "#ak-edit-words", ["dog"])
     steps = find(browser, "#ak-edit-steps input[type='number']")
     steps.clear()
     steps.send_keys("4", Keys.TAB)
