@@ -542,11 +542,16 @@ class A1111Job(Job):
             state["shape"] = tuple(x.shape)
             state["cond_rows"] = _cond_rows(context, state["uncond"])
 
+        theirs = 0
         for name, module in modules:
             own = module.__dict__.get("forward")  # another extension's instance-level forward: ours wraps it
             inner = own if own is not None else module.forward
-            module.forward = _swapped_forward(module, inner, run, state, job, _block_of(name))
+            theirs += own is not None
+            module.forward = _swapped_forward(module, inner, run, state, job, _block_of(name), own is not None)
             self._undo.append(_putter(module, own))
+        if theirs and run.needs_patch:
+            self._say(f"another extension replaced the cross-attention of {theirs} layers; Structured Diffusion "
+                      "Guidance computes those layers itself while this image is made (theirs is back afterwards)")
         hook = dm.register_forward_pre_hook(pre_hook, with_kwargs=True)
         self._undo.append(hook.remove)
         if self.callbacks is not None:
@@ -608,7 +613,14 @@ def _block_of(name: str):
         return None
 
 
-def _swapped_forward(module, inner, run: HostRun, state: dict, job: Job, block):
+def _reads_only(q, k, v, extra_options):
+    """The ``previous`` of a replace that only reads maps (the layer's output comes from elsewhere)."""
+    return q
+
+
+def _swapped_forward(module, inner, run: HostRun, state: dict, job: Job, block, theirs: bool = False):
+    """The attn2 forward while a job runs. ``theirs``: ``inner`` is another extension's instance-level forward; when
+    attnkit only reads maps, that forward still computes the layer's output."""
     heads = int(module.heads)
     dim_head = module.to_q.out_features // heads
 
@@ -621,6 +633,9 @@ def _swapped_forward(module, inner, run: HostRun, state: dict, job: Job, block):
             extra.update(block=block[:2], block_index=block[2])
         if state.get("cond_rows") is not None:
             extra["attnkit_cond_rows"] = state["cond_rows"]
+        if theirs and not run.needs_patch:  # observe only: read the maps, let the other extension answer
+            run.attn2_replace(module.to_q(x), module.to_k(context), module.to_v(context), extra, _reads_only)
+            return inner(x, context=context, mask=mask, **kwargs)
         n, ctx, value = x, context, context
         if run.needs_patch:
             n, ctx, value = run.attn2_patch(n, ctx, value, extra)

@@ -334,3 +334,42 @@ def test_script_import_patches_nothing(webui_script, sd15):
 
     scripts_dir = os.path.dirname(webui_script.__file__)
     assert sorted(f for f in os.listdir(scripts_dir) if not f.startswith((".", "__"))) == ["attnkit_webui.py"]
+
+
+@pytest.mark.parametrize("case", ["observe", "structured"])
+def test_a1111_keeps_another_extensions_attention_forward(webui_script, sd15, case):
+    """Another extension swapped attn2.forward on the instances: observe reads maps and lets theirs compute the
+    output; structured must compute the layer itself and says so; theirs is back afterwards either way."""
+    controls, methods = CASES[case]
+    p = make_job("a1111", sd15)
+    modules = [m for n, m in p.sd_model.model.diffusion_model.named_modules() if n.endswith("attn2")]
+    calls = []
+
+    def theirs_for(module):
+        original = module.forward
+
+        def forward(x, context=None, mask=None, **kwargs):
+            calls.append(1)
+            return original(x, context=context, mask=mask, **kwargs)
+
+        return forward
+
+    for m in modules:
+        m.forward = theirs_for(m)
+    installed = [m.__dict__["forward"] for m in modules]
+    try:
+        script = webui_script.AttnKitScript()
+        latents, _ = hostsim.run_job("a1111", script, p, control_args(methods=controls))
+        expected, report = reference(sd15, methods(), p)
+        if case == "observe":
+            assert calls, "the other extension's forward was not called"
+            torch.testing.assert_close(latents, expected, atol=2e-4, rtol=1e-4)
+            got = script.last_job.reports[0]["observe"].data["raw"]["car"]
+            torch.testing.assert_close(got, report["observe"].data["raw"]["car"], atol=1e-6, rtol=1e-5)
+            assert not p.comments
+        else:
+            assert any("another extension replaced the cross-attention" in c for c in p.comments), p.comments
+        assert [m.__dict__["forward"] for m in modules] == installed
+    finally:
+        for m in modules:
+            m.__dict__.pop("forward", None)
