@@ -337,7 +337,8 @@ def edit(
         src_prompt = DynamicPrompt(pipe, src_map, dyn)
         tgt_prompt = DynamicPrompt(pipe, tgt_map, target_words(tgt_map, dyn))
         src_keys, tgt_keys = src_prompt.keys, tgt_prompt.keys
-        vectors = {d.pid: d.init.clone() for d in dyn.values()}
+        device = pipe.text_encoder.get_input_embeddings().weight.device
+        vectors = {d.pid: d.init.clone().to(device) for d in dyn.values()}
     else:
         src_keys, tgt_keys = Keys(src_map), Keys(tgt_map)
     from .methods.p2p import P2PEdit
@@ -451,7 +452,7 @@ def _optimise_tokens(controller, config: DPLConfig, prompt: DynamicPrompt, vecto
         optimiser = torch.optim.AdamW(list(params.values()), lr=config.token_lr,
                                       weight_decay=config.token_weight_decay)
         latent = latent.detach().clone()  # a clone: a tensor from a caller's inference mode cannot join autograd
-        background = background.clone() if background is not None else None
+        background = background.clone().to(latent.device) if background is not None else None
         taken = 0
         for iteration in range(config.token_iterations + 1):
             check_stop(stop)
@@ -541,7 +542,8 @@ def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, edit: str | P
     h = kwargs.get("height") or pipe.unet.config.sample_size * factor
     w = kwargs.get("width") or pipe.unet.config.sample_size * factor
     shape = (1, pipe.unet.config.in_channels, int(h) // factor, int(w) // factor)
-    noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+    where = generator.device if isinstance(generator, torch.Generator) else torch.device("cpu")
+    noise = randn_tensor(shape, generator=generator, device=where, dtype=torch.float32)
     noise = noise.to(pipe._execution_device, pipe.unet.dtype).repeat(2, 1, 1, 1)
     user_callback = kwargs.pop("callback_on_step_end", None)
     user_inputs = kwargs.pop("callback_on_step_end_tensor_inputs", None)

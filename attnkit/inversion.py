@@ -6,7 +6,8 @@
   keeping every latent (Mokady et al.'s ``ddim_loop``: the denoiser is asked at the destination timestep).
 - :class:`NullText`: null-text inversion (Mokady et al., "Null-text Inversion for Editing Real Images using Guided
   Diffusion Models", CVPR 2023, https://arxiv.org/abs/2211.09794): at each step ``i`` the unconditional embedding
-  ``null_i`` takes Adam steps (lr ``1e-2 (1 - i/100)``, a fresh optimiser, started from ``null_{i-1}``) on
+  ``null_i`` takes Adam steps (lr ``1e-2 (1 - i/100)`` at 50 steps, ``1e-2 (1 - i/(2 steps))`` in general [ours], a
+  fresh optimiser, started from ``null_{i-1}``) on
   ``|DDIM_step(z_t, eps_cfg(null_i, C), t) - z*_{t-1}|^2`` at the editing guidance; by default at most 10 iterations
   with the original early stop ``loss < 1e-5 + 2e-5 i``; DPL's setting is 51 fixed iterations.
 
@@ -207,7 +208,7 @@ class NullTextConfig:
         null_early_stop: stop a step's iterations once ``loss < null_epsilon + 2e-5 * step`` (null-text inversion);
             ``False`` runs every iteration (DPL's setting).
         null_epsilon: the early-stop base threshold.
-        null_lr: Adam's learning rate at step 0 (it decays as ``(1 - step/100)``).
+        null_lr: Adam's learning rate at step 0 (it decays as ``1 - step/(2 steps)``: ``1 - step/100`` at 50 steps).
     """
 
     null_iterations: int = 10
@@ -243,7 +244,8 @@ def null_text_step(pipe, ddim: DDIM, config: NullTextConfig, step: int, latent: 
     with torch.no_grad():
         eps_cond = denoise(pipe, latent, t, cond)
     param = null.detach().float().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([param], lr=config.null_lr * (1.0 - step / 100.0))
+    # 1 - i/100 over 50 steps as in null-text inversion; other step counts decay over the same half [ours]
+    optimiser = torch.optim.Adam([param], lr=config.null_lr * (1.0 - step / (2.0 * ddim.steps)))
     threshold = config.null_epsilon + step * 2e-5
     losses = []
     for _ in range(config.null_iterations):

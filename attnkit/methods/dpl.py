@@ -160,7 +160,7 @@ def disjoint_loss(maps: torch.Tensor) -> torch.Tensor:
 def background_loss(maps: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """Mean over ``v`` of ``cos(maps[v], background)`` for ``(K, h, w)`` raw maps and an ``(h, w)`` mask."""
     flat = maps.flatten(1)
-    b = background.to(flat.dtype).flatten().expand_as(flat)
+    b = background.to(flat.device, flat.dtype).flatten().expand_as(flat)
     return F.cosine_similarity(flat, b, dim=1).mean()
 
 
@@ -286,18 +286,19 @@ class DynamicPrompt:
         def hook(_module, _inputs, output):
             output = output.clone()
             for pid, positions in slots.items():
-                output[:, positions] = vectors[pid].to(output.dtype)
+                output[:, positions] = vectors[pid].to(output.device, output.dtype)
             return output
 
         handle = module.register_forward_hook(hook)
         try:
             device = module.weight.device
+            ids = self.input_ids.clone()  # a fresh tensor: one made under a caller's inference mode cannot be saved
             mask = None
             if getattr(encoder.config, "use_attention_mask", False):  # as the tokenizer's mask: BOS..EOS
-                mask = torch.zeros_like(self.input_ids)
+                mask = torch.zeros_like(ids)
                 mask[:, : self.keys.eos + 1] = 1
                 mask = mask.to(device)
-            out = encoder(self.input_ids.to(device), attention_mask=mask)[0]
+            out = encoder(ids.to(device), attention_mask=mask)[0]
         finally:
             handle.remove()
         return out.to(encoder.dtype)
@@ -325,15 +326,19 @@ def dynamic_words(pipe, tmap: TokenMap, words: list[str]) -> dict[str, DynamicWo
 
 
 def target_words(tmap: TokenMap, words: dict[str, DynamicWord]) -> dict[str, DynamicWord]:
-    """The dynamic tokens a target prompt keeps: every occurrence of a source noun that the target still has."""
+    """The dynamic tokens a target prompt keeps: the same occurrences of the source nouns that the target still has
+    (``"dog"``: every "dog" of the target; ``"dog#2"``: its second "dog"), each position claimed once."""
     out = {}
+    taken: set[int] = set()
     for word, dyn in words.items():
-        text = word.split("#", 1)[0].strip()
         try:
-            span = tmap.find(text)
+            span = tmap.find(word)
         except AttnKitError:
             continue
-        out[word] = DynamicWord(word, dyn.pid, span.occurrences, dyn.init)
+        occurrences = tuple(occ for occ in span.occurrences if not taken & set(occ))
+        taken.update(p for occ in occurrences for p in occ)
+        if occurrences:
+            out[word] = DynamicWord(word, dyn.pid, occurrences, dyn.init)
     return out
 
 

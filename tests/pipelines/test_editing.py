@@ -295,3 +295,20 @@ def test_prompt_to_prompt_runs_on_sdxl(sdxl):
     edited = attnkit.prompt_to_prompt(sdxl, "a cat riding a bike", "a dog riding a bike", seed=1,
                                       num_inference_steps=3, height=64, width=64, output_type="np")
     assert np.abs(edited.images[0] - a).max() < 1e-4  # the source image is the same whatever the target
+
+
+def test_dpl_edit_runs_inside_inference_mode(sd15, photo):
+    with torch.inference_mode():
+        result = attnkit.edit(sd15, photo, SOURCE, TARGET, words=["cat", "dog"], num_inference_steps=3,
+                              token_iterations=2, null_iterations=1)
+    assert len(result.report.dpl_losses) >= 3
+
+
+def test_null_text_learning_rate_stays_positive_for_long_schedules(sd15):
+    ddim = DDIM(sd15, 150)
+    g = torch.Generator().manual_seed(0)
+    latent, target = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    null = editing._embed(sd15, "")
+    moved, record, _ = null_text_step(sd15, ddim, NullTextConfig(null_iterations=1), 149, latent,
+                                      editing._embed(sd15, SOURCE), null, target, 7.5)
+    assert record["iterations"] == 1 and not torch.equal(moved, null)  # the last step still learns

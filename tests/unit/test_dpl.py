@@ -170,3 +170,15 @@ def test_word_errors_name_the_word(sd15):
         dynamic_words(sd15, tmap, [])
     with pytest.raises(AttnKitError, match="token_iterations"):
         DPLConfig(token_iterations=10_000)
+
+
+def test_target_keeps_the_same_occurrence_of_a_repeated_noun(sd15):
+    src = TokenMap("a dog and a dog", sd15.tokenizer)
+    words = dynamic_words(sd15, src, ["dog#1", "dog#2"])
+    kept = target_words(TokenMap("a dog and a dog", sd15.tokenizer), words)
+    assert {w: d.occurrences for w, d in kept.items()} == {w: d.occurrences for w, d in words.items()}
+    src_keys = DynamicPrompt(sd15, src, words).keys
+    tgt_keys = DynamicPrompt(sd15, TokenMap("a dog and a dog", sd15.tokenizer), kept).keys
+    assert src_keys.content_ids == tgt_keys.content_ids  # each dog keeps its own token in the target
+    only_second = target_words(TokenMap("a dog and a cat", sd15.tokenizer), dynamic_words(sd15, src, ["dog#2"]))
+    assert only_second == {}  # the target has no second dog
