@@ -160,7 +160,8 @@ def branch_finish(block, attn, double: bool, out: torch.Tensor, step: BranchStep
         normed = block.norm2(h) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
         return h + gate_mlp.unsqueeze(1) * block.ff(normed)
     gate, mlp = step.parts
-    return step.residual + gate.unsqueeze(1) * block.proj_out(torch.cat([out, mlp], dim=2))
+    h = step.residual + gate.unsqueeze(1) * block.proj_out(torch.cat([out, mlp], dim=2))
+    return h.clip(-65504, 65504) if h.dtype == torch.float16 else h  # as the single block does in half precision
 
 
 def condition_temb(transformer, call_kwargs: dict, timestep: float, like: torch.Tensor) -> torch.Tensor:
@@ -191,7 +192,8 @@ class ConditionAdapters:
     owned: list[str] = field(default_factory=list)  # adapters loaded here (removed afterwards)
     trainable: bool = False  # keep our adapters' parameters trainable whatever switching does to their flags
     _layers: list = field(default_factory=list)
-    _before: dict = field(default_factory=dict)  # id(layer) -> (active adapters, disabled, requires_grad flags)
+    _before: dict = field(default_factory=dict)  # id(layer) -> (active adapters, disabled, [(param, flag)])
+    _ours: list = field(default_factory=list)  # our adapters' parameters
 
     @classmethod
     def load(cls, transformer, conditions: list[Condition]) -> "ConditionAdapters":
@@ -212,11 +214,11 @@ class ConditionAdapters:
                 transformer.load_lora_adapter(state, adapter_name=name, prefix=prefix)
                 adapters.owned.append(name)
                 adapters.names[i] = name
-        except AttnKitError:
-            adapters.remove()
-            raise
         except Exception as exc:
+            adapters.adopt(switch=False)
             adapters.remove()
+            if isinstance(exc, AttnKitError):
+                raise
             raise AttnKitError(f"could not load the LoRA of condition {i} ({path}): {exc}") from None
         adapters.adopt()
         return adapters
@@ -227,35 +229,42 @@ class ConditionAdapters:
 
         for layer in self.transformer.modules():
             if isinstance(layer, BaseTunerLayer):
-                flags = {n: p.requires_grad for n, p in layer.named_parameters()}
+                flags = [(p, p.requires_grad) for p in layer.parameters()]
                 self._before[id(layer)] = (list(layer.active_adapters), bool(layer.disable_adapters), flags)
 
-    def adopt(self) -> None:
+    def adopt(self, switch: bool = True) -> None:
         """Take the transformer's LoRA layers (after our adapters were added) and switch ours off."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         self._layers = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
-        self.switch(None)
+        ours = set(self.names.values()) | set(self.owned)
+        self._ours = [p for n, p in self.transformer.named_parameters() if any(f".{a}." in n for a in ours)]
+        if switch:
+            self.switch(None)
 
     def switch(self, name: str | None) -> None:
-        """Make ``name`` the only adapter acting (``None``: the layers as they were before, ours off)."""
+        """Make ``name`` the only adapter acting (``None``: the layers as they were before, ours off). The user's
+        adapters keep their gradient flags whatever peft's switching does to them."""
         ours = set(self.names.values()) | set(self.owned)
         for layer in self._layers:
+            before = self._before.get(id(layer))
             if name is not None and name in layer.lora_A:
                 layer.set_adapter([name])
                 layer.enable_adapters(True)
-                continue
-            active, disabled, _ = self._before.get(id(layer), ([], False, {}))
-            keep = [a for a in active if a not in ours and a in layer.lora_A]
-            if keep and not disabled:
-                layer.set_adapter(keep)
-                layer.enable_adapters(True)
             else:
-                layer.enable_adapters(False)
+                active, disabled, _ = before or ([], False, [])
+                keep = [a for a in active if a not in ours and a in layer.lora_A]
+                if keep and not disabled:
+                    layer.set_adapter(keep)
+                    layer.enable_adapters(True)
+                else:
+                    layer.enable_adapters(False)
+            if before is not None:
+                for p, flag in before[2]:
+                    p.requires_grad_(flag)
         if self.trainable:
-            for pname, p in self.transformer.named_parameters():
-                if any(f".{n}." in pname for n in ours):
-                    p.requires_grad_(True)
+            for p in self._ours:
+                p.requires_grad_(True)
 
     @contextlib.contextmanager
     def active(self, condition: int):
@@ -271,22 +280,23 @@ class ConditionAdapters:
             self.switch(None)
 
     def remove(self) -> None:
-        """Delete the adapters loaded here and put the LoRA layers back as they were."""
+        """Delete the adapters loaded here and put the LoRA layers back as they were (layers that exist only
+        because of ours go back to peft's default: adapters enabled)."""
         if self.owned:
             self.transformer.delete_adapters(list(self.owned))
             self.owned.clear()
         for layer in self._layers:
             before = self._before.get(id(layer))
             if before is None:
+                layer.enable_adapters(True)
                 continue
             active, disabled, flags = before
             present = [a for a in active if a in layer.lora_A]
             if present:
                 layer.set_adapter(present)
             layer.enable_adapters(not disabled)
-            for n, p in layer.named_parameters():
-                if n in flags:
-                    p.requires_grad_(flags[n])
+            for p, flag in flags:
+                p.requires_grad_(flag)
         self._layers = []
 
 

@@ -167,7 +167,7 @@ def _image_queries(qx, k, v, text_len, spatial, subjects, offsets, neighbours, k
     e, r, kw = len(extra_k), len(subjects), len(keywords)
     dim = d + e + r + kw
     dim += (-dim) % 8  # SDPA's fast kernels want head dims in multiples of 8
-    neg = torch.finfo(qx.dtype).min / 4
+    neg = max(torch.finfo(qx.dtype).min, torch.finfo(torch.float32).min) / 4  # exp() of it is 0; no -inf * 0
     qa = qx.new_zeros(b, n, heads, dim)
     qa[..., :d] = qx
     for j, (ke, valid) in enumerate(zip(extra_k, extra_valid)):

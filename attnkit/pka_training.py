@@ -166,8 +166,8 @@ def train_condition_lora(pipe, examples: list[Example], steps: int = 100, rank: 
             result.path = str(path)
     finally:
         transformer.delete_adapters([ADAPTER])
-        before._layers = [m for m in transformer.modules() if id(m) in before._before]
-        before.remove()  # the user's own adapters as they were
+        before.adopt(switch=False)
+        before.remove()  # the user's own adapters as they were; layers made for ours back to peft's default
         for name, p in transformer.named_parameters():
             if name in flags:
                 p.requires_grad_(flags[name])

@@ -128,6 +128,7 @@ class PKAController(Controller):
         self.cache: dict[tuple, dict[int, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
         self._complete: set[tuple] = set()
         self._call_ref = None
+        self._key: tuple = ()
         self._state: _CallState | None = None
         self._writing: dict | None = None
         self._mass: torch.Tensor | None = None
@@ -194,11 +195,17 @@ class PKAController(Controller):
         return blocks[layer.block_index]
 
     def _cache_key(self) -> tuple:
-        pooled = self.run.call_inputs.get("kwargs", {}).get("pooled_projections")
-        return (pooled.data_ptr(), tuple(pooled.shape)) if torch.is_tensor(pooled) else ("-",)
+        """What the condition branch depends on besides the conditions: the call's pooled text embedding and
+        guidance (the tensor's identity and a checksum of its values, so a new tensor at a reused address misses)."""
+        kwargs = self.run.call_inputs.get("kwargs", {})
+        parts = []
+        for name in ("pooled_projections", "guidance"):
+            x = kwargs.get(name)
+            parts.append((x.data_ptr(), tuple(x.shape), float(x.detach().float().sum())) if torch.is_tensor(x) else None)
+        return tuple(parts)
 
     def _cached(self) -> bool:
-        return self.config.mode == "pka" and self.config.cache and self._cache_key() in self._complete
+        return self.config.mode == "pka" and self.config.cache and self._key in self._complete
 
     def _new_call(self, like: torch.Tensor) -> None:
         transformer = self.run.denoiser
@@ -214,7 +221,7 @@ class PKAController(Controller):
         self._state = _CallState(states, temb, emb)
         self._commit()
         if self.config.mode == "pka" and self.config.cache and not self._cached():
-            self._writing = {"key": self._cache_key(), "layers": {}}
+            self._writing = {"key": self._key, "layers": {}}
 
     def _commit(self) -> None:
         """Keep the keys and values the last call wrote, once it wrote every layer's."""
@@ -236,6 +243,7 @@ class PKAController(Controller):
             return self._outputs(attn, out, hidden_states, encoder_hidden_states)
         if self.run.call_inputs is not self._call_ref:
             self._call_ref = self.run.call_inputs
+            self._key = self._cache_key()
             self._state = None
             if not self._cached():
                 self._new_call(hidden_states)
@@ -273,7 +281,7 @@ class PKAController(Controller):
 
     def _pka(self, layer, block, attn, double, q, k, v, text_len, rows):
         if self._cached():
-            kv = self.cache[self._cache_key()][layer.index]
+            kv = self.cache[self._key][layer.index]
         else:
             branches = self._branches(block, attn, double)
             outputs = [sdpa(bq, bk, bv) for bq, bk, bv, _ in branches]  # each condition attends to itself

@@ -142,3 +142,31 @@ def test_csas_sampler_matches_the_shifted_logit_normal():
     expected = float((torch.sigmoid(0.5 + 1.5 * n) * weights).sum() / weights.sum())
     assert t.mean().item() == pytest.approx(expected, abs=0.005)
     assert (t > 0.5).double().mean().item() == pytest.approx(0.6306, abs=0.005)  # P(n > -1/3)
+
+
+def test_users_own_lora_is_untouched_by_condition_adapters(tmp_path):
+    """A LoRA of the user's, loaded before or after condition adapters were used, keeps working, keeps its gradient
+    flags and gets no gradients from training."""
+    from safetensors.torch import load_file
+
+    flux = attnkit.tiny_pipeline("flux")
+    ex = Example(picture(6), [Condition(kind="spatial", image=picture(7))], PROMPT)
+    path = tmp_path / "cond.safetensors"
+    train_condition_lora(flux, [ex], steps=2, lr=3e-2, size=(64, 64), max_sequence_length=32, out=path)
+    run(flux, [PKA(conditions=[Condition(kind="spatial", image=picture(7), lora=str(path))])])
+    # a LoRA the user loads now acts exactly as on a fresh pipeline
+    state = load_file(str(path))
+    flux.transformer.load_lora_adapter(state, adapter_name="user", prefix=None)
+    fresh = attnkit.tiny_pipeline("flux")
+    fresh.transformer.load_lora_adapter(state, adapter_name="user", prefix=None)
+    ours = flux(PROMPT, generator=torch.Generator().manual_seed(0), **KW).images
+    theirs = fresh(PROMPT, generator=torch.Generator().manual_seed(0), **KW).images
+    stock = attnkit.tiny_pipeline("flux")(PROMPT, generator=torch.Generator().manual_seed(0), **KW).images
+    assert np.array_equal(ours, theirs) and not np.array_equal(ours, stock)
+    # training with the user's LoRA loaded and frozen leaves it frozen, without gradients, and still acting
+    user = [p for n, p in flux.transformer.named_parameters() if ".user." in n]
+    for p in user:
+        p.requires_grad_(False)
+    train_condition_lora(flux, [ex], steps=2, size=(64, 64), max_sequence_length=32)
+    assert all(not p.requires_grad and p.grad is None for p in user)
+    assert np.array_equal(flux(PROMPT, generator=torch.Generator().manual_seed(0), **KW).images, theirs)
