@@ -64,29 +64,44 @@ def unet_cross_attention_probs(
     return probs.mean(dim=1) if mean_heads else probs
 
 
-def _flux_qk(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
-    """Queries and keys of a Flux attention layer, as its processor builds them: (B, N, heads, d) each."""
-    from diffusers.models.embeddings import apply_rotary_emb
-
-    if getattr(attn, "fused_projections", False):
-        q, k, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+def flux_qkv(attn, hidden_states, encoder_hidden_states=None, values: bool = True):
+    """Queries, keys (and values) of a Flux attention layer as its processor builds them, ``(B, L, H, D)`` each,
+    text first when ``encoder_hidden_states`` is given, before RoPE. ``values=False`` skips the value projections
+    (``None`` in their place)."""
+    fused = getattr(attn, "fused_projections", False)
+    if fused:
+        q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
     else:
         q, k = attn.to_q(hidden_states), attn.to_k(hidden_states)
+        v = attn.to_v(hidden_states) if values else None
     q = attn.norm_q(q.unflatten(-1, (-1, attn.head_dim)))
     k = attn.norm_k(k.unflatten(-1, (-1, attn.head_dim)))
+    v = v.unflatten(-1, (-1, attn.head_dim)) if values else None
     if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
-        if getattr(attn, "fused_projections", False) and hasattr(attn, "to_added_qkv"):
-            eq, ek, _ = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+        if fused and hasattr(attn, "to_added_qkv"):
+            eq, ek, ev = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
         else:
             eq, ek = attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states)
+            ev = attn.add_v_proj(encoder_hidden_states) if values else None
         eq = attn.norm_added_q(eq.unflatten(-1, (-1, attn.head_dim)))
         ek = attn.norm_added_k(ek.unflatten(-1, (-1, attn.head_dim)))
-        q = torch.cat([eq, q], dim=1)
-        k = torch.cat([ek, k], dim=1)
-    if image_rotary_emb is not None:
-        q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-        k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
-    return q, k
+        q, k = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1)
+        if values:
+            v = torch.cat([ev.unflatten(-1, (-1, attn.head_dim)), v], dim=1)
+    return q, k, v
+
+
+def rope(x: torch.Tensor, emb) -> torch.Tensor:
+    """``x`` ``(B, L, H, D)`` with Flux's rotary embedding ``emb`` applied (unchanged when ``emb`` is ``None``)."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    return apply_rotary_emb(x, emb, sequence_dim=1) if emb is not None else x
+
+
+def _flux_qk(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
+    """Queries and keys of a Flux attention layer, as its processor builds them: (B, N, heads, d) each."""
+    q, k, _ = flux_qkv(attn, hidden_states, encoder_hidden_states, values=False)
+    return rope(q, image_rotary_emb), rope(k, image_rotary_emb)
 
 
 def flux_text_attention_probs(
@@ -150,6 +165,24 @@ def _prologue(attn, hidden_states, temb):
     return hidden_states, undo
 
 
+def _project(attn, hidden_states, key_states, value_states):
+    """``(B, heads, N, d)`` queries, keys and values as diffusers' processors make them (keys and values from
+    ``key_states``/``value_states``, or from ``hidden_states`` for self-attention when those are ``None``)."""
+    if key_states is None:
+        key_states = value_states = hidden_states
+    elif attn.norm_cross:
+        key_states = attn.norm_encoder_hidden_states(key_states)
+        value_states = attn.norm_encoder_hidden_states(value_states)
+    q = _heads(attn.to_q(hidden_states), attn.heads)
+    k = _heads(attn.to_k(key_states), attn.heads)
+    v = _heads(attn.to_v(value_states), attn.heads)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return q, k, v
+
+
 def attention_output(attn, hidden_states, key_states, value_states, attention_mask=None, temb=None, groups: int = 1):
     """The computation of diffusers' ``AttnProcessor2_0`` on an ``Attention`` layer, with keys and values taken from
     different text sequences, on PyTorch SDPA.
@@ -169,16 +202,7 @@ def attention_output(attn, hidden_states, key_states, value_states, attention_ma
     """
     hidden_states, undo = _prologue(attn, hidden_states, temb)
     batch = hidden_states.shape[0]
-    if attn.norm_cross:
-        key_states = attn.norm_encoder_hidden_states(key_states)
-        value_states = attn.norm_encoder_hidden_states(value_states)
-    q = _heads(attn.to_q(hidden_states), attn.heads)
-    k = _heads(attn.to_k(key_states), attn.heads)
-    v = _heads(attn.to_v(value_states), attn.heads)
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
+    q, k, v = _project(attn, hidden_states, key_states, value_states)
     mask = None
     if attention_mask is not None:
         mask = attn.prepare_attention_mask(attention_mask, k.shape[2], batch)
@@ -210,16 +234,7 @@ def attention_with_probs(attn, hidden_states, encoder_hidden_states=None, edit=N
     """
     hidden_states, undo = _prologue(attn, hidden_states, temb)
     batch = hidden_states.shape[0]
-    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-    if encoder_hidden_states is not None and attn.norm_cross:
-        context = attn.norm_encoder_hidden_states(context)
-    q = _heads(attn.to_q(hidden_states), attn.heads)
-    k = _heads(attn.to_k(context), attn.heads)
-    v = _heads(attn.to_v(context), attn.heads)
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
+    q, k, v = _project(attn, hidden_states, encoder_hidden_states, encoder_hidden_states)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
     if attention_mask is not None:
         mask = attn.prepare_attention_mask(attention_mask, k.shape[2], batch)

@@ -34,7 +34,7 @@ import torch
 from .errors import AttnKitError, UnsupportedModelError
 from .inversion import DDIM, NullTextConfig, cfg_step, check_stop, ddim_invert, denoise, null_text_step
 from .methods.dpl import DPL, DPLConfig, DynamicPrompt, background_mask, dynamic_words, target_words
-from .methods.p2p import P2P, Keys, P2PConfig
+from .methods.p2p import P2P, Keys, P2PConfig, P2PEdit
 from .models import family_of
 from .steps import StepInfo
 from .tokens import TokenMap
@@ -215,9 +215,14 @@ def load_image(image, size: tuple[int, int]):
     return resized.crop((left, top, left + w, top + h))
 
 
+def pixels(image) -> torch.Tensor:
+    """An RGB PIL image as the ``(1, 3, H, W)`` tensor in [-1, 1] a VAE encodes."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+
+
 def _encode_image(pipe, image) -> torch.Tensor:
     vae = pipe.vae
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    x = pixels(image)
     with torch.no_grad():
         dist = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
     return dist.mean.float() * vae.config.scaling_factor
@@ -341,8 +346,6 @@ def edit(
         vectors = {d.pid: d.init.clone().to(device) for d in dyn.values()}
     else:
         src_keys, tgt_keys = Keys(src_map), Keys(tgt_map)
-    from .methods.p2p import P2PEdit
-
     P2PEdit(p2p.config, src_keys, tgt_keys)  # validates the edit's words before the long work
 
     with torch.random.fork_rng(devices=[]):

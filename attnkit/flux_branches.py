@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from .attention import flux_qkv, rope
 from .errors import AttnKitError
 
 KINDS = ("spatial", "subject")
@@ -75,12 +75,11 @@ class Condition:
 
 def encode_condition(pipe, image, grid: tuple[int, int]) -> torch.Tensor:
     """``(1, N, C)`` packed latent tokens of ``image`` on the token ``grid`` ``(h, w)`` of the generation."""
-    from .editing import load_image
+    from .editing import load_image, pixels
 
     vae = pipe.vae
     factor = getattr(pipe, "vae_scale_factor", 8) * 2
-    picture = load_image(image, (grid[0] * factor, grid[1] * factor))
-    x = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    x = pixels(load_image(image, (grid[0] * factor, grid[1] * factor)))
     with torch.no_grad():
         z = vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mode()
     z = (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
@@ -99,36 +98,6 @@ def condition_ids(grid: tuple[int, int], delta: tuple[int, int] = (0, 0)) -> tor
 
 
 # ---------------------------------------------------------------------------------------------------- branch
-
-
-def flux_qkv(attn, hidden_states, encoder_hidden_states=None):
-    """Queries, keys and values of a Flux attention layer as its processor builds them, ``(B, L, H, D)`` each,
-    text first when ``encoder_hidden_states`` is given (before RoPE)."""
-    if getattr(attn, "fused_projections", False):
-        q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-    else:
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-    q = attn.norm_q(q.unflatten(-1, (-1, attn.head_dim)))
-    k = attn.norm_k(k.unflatten(-1, (-1, attn.head_dim)))
-    v = v.unflatten(-1, (-1, attn.head_dim))
-    if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
-        if getattr(attn, "fused_projections", False) and hasattr(attn, "to_added_qkv"):
-            eq, ek, ev = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
-        else:
-            eq = attn.add_q_proj(encoder_hidden_states)
-            ek = attn.add_k_proj(encoder_hidden_states)
-            ev = attn.add_v_proj(encoder_hidden_states)
-        eq = attn.norm_added_q(eq.unflatten(-1, (-1, attn.head_dim)))
-        ek = attn.norm_added_k(ek.unflatten(-1, (-1, attn.head_dim)))
-        ev = ev.unflatten(-1, (-1, attn.head_dim))
-        q, k, v = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1), torch.cat([ev, v], dim=1)
-    return q, k, v
-
-
-def rope(x: torch.Tensor, emb) -> torch.Tensor:
-    from diffusers.models.embeddings import apply_rotary_emb
-
-    return apply_rotary_emb(x, emb, sequence_dim=1) if emb is not None else x
 
 
 @dataclass

@@ -29,6 +29,7 @@ come out of the same call as further value dimensions.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -49,8 +50,10 @@ def window_offsets(window: int) -> list[tuple[int, int]]:
     return [(0, 0)] + rest
 
 
+@functools.lru_cache(maxsize=256)
 def _neighbours(grid: tuple[int, int], offset: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each image position, the index of its neighbour at ``offset`` and whether it is inside the grid."""
+    """For each image position, the index of its neighbour at ``offset`` and whether it is inside the grid (made
+    once per grid, offset and device: every layer of every step asks)."""
     h, w = grid
     ys = torch.arange(h, device=device)[:, None].expand(h, w)
     xs = torch.arange(w, device=device)[None, :].expand(h, w)

@@ -335,6 +335,7 @@ class P2PEdit:
             (self._target_positions(word, "cross_replace_words"), window)
             for word, window in config.cross_replace_words.items()
         ]
+        self._weights: tuple[int, int, torch.Tensor] | None = None  # (step index, count, weights) of the last step
         self.blend: tuple[list[int], list[int]] | None = None
         if config.blend_words:
             src_cols, tgt_cols = set(), set()
@@ -357,10 +358,13 @@ class P2PEdit:
             raise AttnKitError(f"p2p {option}: {exc}") from None
 
     def token_weights(self, step: StepInfo) -> torch.Tensor:
-        """``alpha_j(t)``: 1 for the target keys whose cross-attention is replaced at ``step``."""
+        """``alpha_j(t)``: 1 for the target keys whose cross-attention is replaced at ``step`` (made once a step)."""
+        if self._weights is not None and self._weights[:2] == (step.index, step.count):
+            return self._weights[2]
         weights = torch.full((self.length,), float(_inside(self.config.cross_replace, step)))
         for positions, window in self.word_windows:
             weights[list(positions)] = float(_inside(window, step))
+        self._weights = (step.index, step.count, weights)
         return weights
 
     def cross_active(self, step: StepInfo) -> bool:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..attention import flux_qkv, rope
 from ..errors import AttnKitError, UnsupportedModelError
 from ..flux_branches import (
     Condition,
@@ -38,8 +39,6 @@ from ..flux_branches import (
     condition_ids,
     condition_temb,
     encode_condition,
-    flux_qkv,
-    rope,
 )
 from ..pka_attention import Pattern, pka_attention, sdpa
 from .base import Controller, Method
