@@ -17,6 +17,7 @@ ComfyUI objects come in as arguments (the MODEL's ``ModelPatcher``, the ``CLIP``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -25,6 +26,7 @@ import torch
 
 from .errors import AttnKitError, UnsupportedModelError
 from .hostkernel import PATCH_METHODS, HostRun, install_patches, sdpa_heads, strip_weights, unet_blocks
+from .steps import StepInfo
 from .tokens import TokenMap
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class Targets:
         tokenizer: the CLIP tokenizer (``transformers``).
         encode: ``text -> (1, T, C)`` conditioning by ComfyUI's CLIP (for ``structured``).
         positions: ``{word: token positions}`` in the first 77-token chunk.
+        text: the prompt exactly as typed into the Words node (weights included), to check the sampler's
+            conditioning against.
     """
 
     prompt: str
@@ -50,6 +54,15 @@ class Targets:
     tokenizer: Any
     encode: Callable[[str], torch.Tensor]
     positions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    text: str | None = None
+    _encoding: Any = field(default=None, repr=False, compare=False)
+
+    def encoding(self) -> torch.Tensor | None:
+        """ComfyUI's CLIP encoding of :attr:`text` ``(1, T, C)``, as CLIP Text Encode makes it (computed once)."""
+        if self._encoding is None and self.text is not None:
+            out = self.encode(self.text)
+            self._encoding = out[0] if isinstance(out, (tuple, list)) else out
+        return self._encoding
 
 
 def clip_tokenizer(clip):
@@ -84,7 +97,7 @@ def targets(clip, text: str, words: str | list[str]) -> Targets:
         with torch.no_grad():
             return clip.encode_from_tokens(clip.tokenize(t))
 
-    return Targets(prompt, picked, tokenizer, encode, positions)
+    return Targets(prompt, picked, tokenizer, encode, positions, text=text)
 
 
 def _comfy_ids(tokens) -> list[int] | None:
@@ -116,7 +129,8 @@ class Session:
     """
 
     def __init__(self, methods, targets: Targets, family: str, blocks, calc_cond_batch: Callable | None = None,
-                 fallback: Callable | None = None):
+                 fallback: Callable | None = None, label: str = "AttnKit"):
+        self.label = label
         self.methods = list(methods)
         self.targets = targets
         self.family = family
@@ -156,11 +170,18 @@ class Session:
         def attn2_replace(q, k, v, extra_options):
             run = self.run
             if run is None:
-                return previous(q, k, v, extra_options) if previous else self.fallback(q, k, v, extra_options["n_heads"])
+                return previous(q, k, v, extra_options) if previous else self.fallback(q, k, v, extra_options["n_heads"], extra_options)
             return run.attn2_replace(q, k, v, extra_options, previous)
 
         attn2_replace.attnkit_previous = previous
         return attn2_replace
+
+    def __deepcopy__(self, memo):
+        """A session is shared, not copied: ComfyUI's ``ModelPatcher.clone()`` deep-copies ``model_options``, where
+        this session's patches are bound methods; every clone of the patched MODEL (a LoRA loader, ModelSampling*,
+        another Apply node after this one) must drive this same session, whose run the sampler wrapper sets and
+        whose report the Attention Maps node reads."""
+        return self
 
     # --- the sampler wrapper
     def sampler_sample(self, executor, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
@@ -168,6 +189,8 @@ class Session:
         """``WrappersMP.SAMPLER_SAMPLE`` wrapper: one :class:`HostRun` per sampling run."""
         schedule = [float(s) for s in sigmas.flatten()]
         model_options = (extra_args or {}).get("model_options", {})
+        sampler = getattr(getattr(executor, "class_obj", None), "sampler_function", None)
+        sampler_name = getattr(sampler, "__name__", "") or ""
 
         def gradient(z, step, image):
             sigma = torch.full((1,), float(step.timestep), device=z.device, dtype=z.dtype)
@@ -175,55 +198,305 @@ class Session:
             self.calc_cond_batch(model_wrap.inner_model, [model_wrap.conds["positive"]], x, sigma, model_options)
 
         run = self._make_run(len(schedule) - 1, schedule, gradient if self.latent else None)
-        if self.latent:
-            model_wrap = _Optimising(model_wrap, run)
+        self._check_prompt(model_wrap, run)
+        stepper = _Stepper(model_wrap, run, schedule, sampler_name, self.latent)
+        if self.latent and (sampler_name in _COPYING_SAMPLERS or denoise_mask is not None):
+            run.report.warnings.append(
+                f"{'an inpainting mask' if denoise_mask is not None else sampler_name.replace('sample_', '')} hands "
+                "the model a copy of the sampler's latent, so the latent update reaches each step's noise prediction "
+                "but not the sampler's own latent (weaker than the paper's update); euler, euler_ancestral, heun, "
+                "dpmpp_2m or ddim apply it in full"
+            )
+
+        def on_step(*args):
+            stepper.stepped(args[0] if args else None)
+            if callback is not None:
+                return callback(*args)
+
         self.run = run
+        ok = False
         try:
-            return executor(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+            out = executor(stepper, sigmas, extra_args, on_step, noise, latent_image, denoise_mask, disable_pbar)
+            ok = True
+            return out
+        except AttnKitError as e:  # said at the sampler, about settings made at the Apply node: name that node
+            message = str(e)
+            if not message.startswith(self.label):
+                raise type(e)(f"{self.label}: {message}") from e
+            raise
         finally:
             self.run = None
-            self.last_report = run.finish()
-            for w in self.last_report.warnings:
-                logger.warning("AttnKit: %s", w)
+            if ok:
+                stepper.check()
+                self.last_report = run.finish()
+                for w in self.last_report.warnings:
+                    logger.warning("AttnKit: %s", w)
+
+    def _check_prompt(self, model_wrap, run) -> None:
+        """Warn when the positive conditioning was not encoded from the AttnKit Words prompt (its first 77-token
+        chunk, where the picked positions are): the picked positions would then name other words."""
+        text = self.targets.text
+        if text is None:
+            return
+        conds = [c.get("cross_attn") for c in (getattr(model_wrap, "conds", None) or {}).get("positive", []) or []]
+        conds = [c for c in conds if torch.is_tensor(c)]
+        if not conds:
+            return
+        mine = self.targets.encoding()
+        if mine is None:
+            return
+        n = min(77, mine.shape[1])
+        for c in conds:
+            if c.shape[-1] == mine.shape[-1] and c.shape[1] >= n and torch.allclose(
+                    c[:1, :n].float().cpu(), mine[:1, :n].float().cpu(), atol=1e-3, rtol=1e-3):
+                return
+        run.report.warnings.append(
+            f"the positive conditioning was not encoded from the AttnKit Words text {text!r}: the words' token "
+            "positions may point at other words. Give CLIP Text Encode and AttnKit Words the same text (convert "
+            "the text widget to an input and wire one String node to both)"
+        )
 
 
-class _Optimising:
-    """The sampler's model function, with the latent-optimising methods' update before each step's first call."""
+#: ComfyUI samplers whose model calls get a copy of the sampler's latent (``comfy/extra_samplers/uni_pc.py``
+#: rescales it before each call), not the latent itself
+_COPYING_SAMPLERS = {"sample_unipc", "sample_unipc_bh2"}
+#: k-diffusion samplers (``comfy/k_diffusion/sampling.py``) that, after a step's callback, evaluate the model once
+#: more at the *next* step's noise level (Heun's corrector) before the next step's own call
+_CORRECTOR_AT_NEXT_SIGMA = {"sample_heun", "sample_heunpp2"}
 
-    def __init__(self, inner, run: HostRun):
+
+class _Stepper:
+    """The sampler's model function, with the step clock and the latent-optimising methods' update.
+
+    A step's own model call is the first call at that step's noise level after the sampler reported the previous
+    step (its callback): corrector calls of 2nd-order samplers (Heun at the next noise level, DPM2 and friends at a
+    midpoint) are not mistaken for the next step. At that call the run learns the step index, and the
+    latent-optimising methods update the sampler's latent in place (``z_t <- z_t - a_t grad L`` on the
+    DDPM-scaled latent), so the step proceeds from the updated one.
+    """
+
+    def __init__(self, inner, run: HostRun, schedule: list[float], sampler_name: str, optimise: bool):
         self.inner = inner
         self.run = run
-        self.done: set[int] = set()
+        self.schedule = schedule
+        self.count = max(len(schedule) - 1, 1)
+        self.optimise = optimise and bool(run.updaters)
+        self.corrector = sampler_name in _CORRECTOR_AT_NEXT_SIGMA
+        self.step = 0  # the step whose own call comes next
+        self.pending = True
+        self.skip = False
+        self.reported = False
+        self.updated: list[int] = []
+        run.set_step(0, self.count)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+    def stepped(self, index) -> None:
+        """The sampler finished step ``index`` (its callback)."""
+        i = int(index) if index is not None else self.step
+        self.reported = True
+        self.step = i + 1
+        self.pending = True
+        self.skip = self.corrector and self.step < self.count and self.schedule[self.step] > 0
+
+    def _is_own_call(self, sigma: float) -> bool:
+        if not self.reported:  # a sampler that reports no steps: follow its noise level through the schedule
+            later = [j for j in range(self.step + (0 if self.pending else 1), self.count)
+                     if abs(self.schedule[j] - sigma) <= 1e-4 * max(self.schedule[j], 1e-6)]
+            if later:
+                self.step, self.pending = later[0], True
+        if not self.pending or self.step >= self.count:
+            return False
+        expected = self.schedule[self.step]
+        if sigma < expected * (1 - 1e-4) - 1e-6:
+            return False  # a midpoint call between this step and the next
+        if self.skip:
+            self.skip = False
+            return False
+        return True
+
     def __call__(self, x, sigma, *args, **kwargs):
         sigma_value = float(torch.as_tensor(sigma).flatten()[0])
-        step = self.run.step_at(sigma_value)
-        if step.index not in self.done and step.index < step.count:
-            self.done.add(step.index)
-            scale = (1.0 + sigma_value**2) ** 0.5
-            with torch.inference_mode(False), torch.enable_grad():
-                z = x.detach().clone() / scale
-                updated = self.run.update_latents(z, step) * scale
-            with torch.inference_mode(x.is_inference()), torch.no_grad():
-                x.copy_(updated)  # the sampler's own latent: the step proceeds from the updated one
+        if self._is_own_call(sigma_value):
+            self.pending = False
+            self.run.set_step(self.step, self.count)
+            if self.optimise:
+                self._update(x, sigma_value)
         return self.inner(x, sigma, *args, **kwargs)
 
+    def _update(self, x, sigma_value: float) -> None:
+        step = StepInfo(self.step, self.count, sigma_value)
+        scale = (1.0 + sigma_value**2) ** 0.5
+        try:
+            with torch.inference_mode(False), torch.enable_grad(), autograd_weights(self.inner.inner_model):
+                z = x.detach().clone() / scale
+                updated = self.run.update_latents(z, step) * scale
+        except AttnKitError:
+            raise
+        except RuntimeError as e:
+            names = ", ".join(c.method.id for c in self.run.updaters)
+            raise AttnKitError(f"AttnKit ({names}): the gradient pass through ComfyUI's model failed at step "
+                               f"{self.step + 1}: {e}") from e
+        with torch.inference_mode(x.is_inference()), torch.no_grad():
+            x.copy_(updated.to(x.dtype))  # the sampler's own latent: the step proceeds from the updated one
+        self.updated.append(self.step)
 
-def apply(model, targets: Targets, methods, *, sampler_wrapper_type=None, calc_cond_batch=None) -> tuple[Any, Session]:
+    def check(self) -> None:
+        """After a finished run: say so when the update never found a step's own model call."""
+        if not self.optimise:
+            return
+        wanted = sorted({i for c in self.run.updaters for i in range(self.count)
+                         if getattr(c, "acts_at", c.wants_step)(StepInfo(i, self.count, self.schedule[i]))})
+        missed = [i for i in wanted if i not in self.updated]
+        if missed:
+            self.run.report.warnings.append(
+                f"the latent update ran at {len(wanted) - len(missed)} of the {len(wanted)} steps it should have: this "
+                "sampler calls the model in a way attnkit could not follow; use euler, heun, dpmpp_2m or ddim"
+            )
+
+
+@contextlib.contextmanager
+def autograd_weights(module):
+    """Let a gradient pass run through ``module`` whose weights are inference tensors (ComfyUI loads every model
+    under ``torch.inference_mode()``; autograd refuses to save such tensors for backward).
+
+    Each inference parameter and buffer is swapped, for the duration, for an ordinary tensor that *shares its
+    storage*: no copy, no extra memory; the weights are read-only here and the originals come back on exit. (A
+    tensor subclass that cannot share storage this way is cloned instead, and only that one.)
+    """
+    swapped = []
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for store in (sub._parameters, sub._buffers):
+                for name, t in list(store.items()):
+                    if t is None or not t.is_inference():
+                        continue
+                    try:
+                        alias = torch.empty(0, dtype=t.dtype, device=t.device).set_(
+                            t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+                    except (RuntimeError, TypeError, NotImplementedError):
+                        alias = t.clone()
+                    if isinstance(t, torch.nn.Parameter):
+                        alias = torch.nn.Parameter(alias, requires_grad=False)
+                    store[name] = alias
+                    swapped.append((store, name, t))
+    try:
+        yield len(swapped)
+    finally:
+        for store, name, t in reversed(swapped):
+            store[name] = t
+
+
+@dataclass
+class Downstream:
+    """A sampler node that samples with the MODEL an Apply node outputs, as far as the API-format graph tells.
+
+    Attributes:
+        node: the sampler's node id; ``title`` its class type.
+        latent_hw: the latent size ``(h, w)`` when its latent comes straight from an empty-latent node with typed
+            width and height (``None`` otherwise: an encoded image, a latent from elsewhere).
+        text: the text of the CLIP Text Encode feeding its positive input, when typed there (else ``None``).
+        text_node: that CLIP Text Encode's node id.
+    """
+
+    node: str
+    title: str
+    latent_hw: tuple[int, int] | None = None
+    text: str | None = None
+    text_node: str | None = None
+
+
+#: node types that make an empty latent from typed ``width``/``height`` (``nodes.py``, ``comfy_extras``), with the
+#: latent's downscale factor
+_EMPTY_LATENTS = {"EmptyLatentImage": 8, "EmptySD3LatentImage": 8}
+
+
+def downstream(prompt: dict | None, node_id) -> list[Downstream]:
+    """The sampler nodes of ``prompt`` (ComfyUI's API-format graph, a node's hidden ``PROMPT`` input) whose
+    ``model`` input comes from node ``node_id`` through any chain of MODEL -> MODEL nodes."""
+    if not isinstance(prompt, dict) or node_id is None:
+        return []
+    node_id = str(node_id)
+
+    def link(value):
+        return str(value[0]) if isinstance(value, (list, tuple)) and len(value) == 2 else None
+
+    out = []
+    for sid, node in prompt.items():
+        inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
+        if not all(k in inputs for k in ("model", "positive", "latent_image")):
+            continue
+        cur, seen = link(inputs["model"]), set()
+        while cur is not None and cur != node_id and cur not in seen:
+            seen.add(cur)
+            cur = link(prompt.get(cur, {}).get("inputs", {}).get("model"))
+        if cur != node_id:
+            continue
+        found = Downstream(str(sid), str(node.get("class_type", "sampler")))
+        source = prompt.get(link(inputs["latent_image"]) or "", {})
+        factor = _EMPTY_LATENTS.get(source.get("class_type"))
+        w, h = source.get("inputs", {}).get("width"), source.get("inputs", {}).get("height")
+        if factor and isinstance(w, int) and isinstance(h, int):
+            found.latent_hw = (h // factor, w // factor)
+        positive = link(inputs["positive"])
+        encoder = prompt.get(positive or "", {})
+        if encoder.get("class_type") == "CLIPTextEncode" and isinstance(encoder.get("inputs", {}).get("text"), str):
+            found.text, found.text_node = encoder["inputs"]["text"], positive
+        out.append(found)
+    return out
+
+
+def check_graph(session: "Session", found: list[Downstream]) -> None:
+    """What the graph already tells at the Apply node, checked there rather than at the sampler:
+
+    - the maps' grid (``attn_res``/``resolution``) exists at the image size of each sampler that uses this MODEL;
+    - the prompt each sampler encodes puts the picked words where AttnKit Words found them.
+    """
+    targets = session.targets
+    for d in found:
+        if d.latent_hw is not None:
+            run = session._make_run(steps=1, schedule=None)
+            try:
+                run._bind({"original_shape": [1, 4, *d.latent_hw]})
+            except AttnKitError as e:
+                h, w = d.latent_hw
+                raise AttnKitError(f"{session.label}: at the {w * 8}x{h * 8} image of {d.title} (node {d.node}): "
+                                   f"{e}") from e
+        if d.text is not None and targets.positions:
+            theirs = TokenMap(strip_weights(d.text), targets.tokenizer, 77).ids
+            ours = TokenMap(targets.prompt, targets.tokenizer, 77).ids
+            wrong = [w for w, where in targets.positions.items()
+                     if any(p >= len(theirs) or theirs[p] != ours[p] for p in where)]
+            if wrong:
+                raise AttnKitError(
+                    f"{session.label}: {d.title} (node {d.node}) samples the prompt of CLIP Text Encode (node "
+                    f"{d.text_node}), {d.text!r}, where {', '.join(map(repr, wrong))} are not at the positions AttnKit "
+                    f"Words found in {targets.text if targets.text is not None else targets.prompt!r}: give both "
+                    "nodes the same text"
+                )
+
+
+def apply(model, targets: Targets, methods, *, sampler_wrapper_type=None, calc_cond_batch=None, label="AttnKit",
+          prompt: dict | None = None, node_id=None, attention: Callable | None = None) -> tuple[Any, Session]:
     """A patched clone of ``model`` (a ComfyUI ``ModelPatcher``) running ``methods``; ``model`` is untouched.
 
     Args:
         sampler_wrapper_type: ``comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE``.
         calc_cond_batch: ``comfy.samplers.calc_cond_batch`` (gradient passes of latent-optimising methods).
+        label: how messages name the Apply node (``"AttnKit Apply Attend-and-Excite (node 5)"``).
+        prompt, node_id: the node's hidden ``PROMPT`` and ``UNIQUE_ID`` inputs: the graph, to check what it tells
+            (image sizes, encoded prompts) here instead of at the sampler (see :func:`check_graph`).
+        attention: ComfyUI's own attention ``(q, k, v, heads, extra_options) -> out``, used wherever no method
+            changes the result, so that those layers compute exactly what ComfyUI computes without the pack.
     """
     if not methods:
         raise AttnKitError("no method to apply")
     family = family_of_model(model)
     blocks = unet_blocks(model.model.diffusion_model)
-    session = Session(methods, targets, family, blocks, calc_cond_batch=calc_cond_batch)
+    session = Session(methods, targets, family, blocks, calc_cond_batch=calc_cond_batch, label=label,
+                      fallback=attention)
+    check_graph(session, downstream(prompt, node_id))
     clone = model.clone()
     install_patches(session, clone, [key for key, _ in blocks])
     if sampler_wrapper_type is None:

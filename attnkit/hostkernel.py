@@ -80,8 +80,9 @@ def strip_weights(prompt: str) -> str:
     return re.sub(r"\s+", " ", "".join(out)).strip()
 
 
-def sdpa_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Plain attention on projected ``(B, N, H*D)`` tensors, the way the hosts' default attention computes it."""
+def sdpa_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, extra_options=None) -> torch.Tensor:
+    """Plain attention on projected ``(B, N, H*D)`` tensors, the way the hosts' default attention computes it
+    (``extra_options``, the host's patch options, is not needed here)."""
     b, n, inner = q.shape
     d = inner // heads
     split = [t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v)]
@@ -135,7 +136,8 @@ class HostRun:
         encode: ``text -> (1, T, C)`` prompt embedding by the host's own text encoder (``structured`` needs it).
         schedule: the sampler's sigmas, when the host exposes them (for step indices).
         host: the host's name, for messages.
-        fallback: ``(q, k, v, heads) -> out`` attention used where no method reads (the host's optimised one).
+        fallback: ``(q, k, v, heads, extra_options) -> out`` attention used where no method reads (the host's own,
+            so that what attnkit does not change comes out bit-identical).
         blocks: ``[((block, number, block_index), downsample), ...]`` of the model (:func:`unet_blocks`);
             default: one stand-in per query-grid factor of the family's released models.
         gradient: ``(z, step, image) -> None``: runs the host's denoiser on the conditional branch of ``image`` for
@@ -358,7 +360,7 @@ class HostRun:
         def attend(q_, k_, v_):
             if previous is not None:
                 return previous(q_, k_, v_, extra_options)
-            return self.fallback(q_, k_, v_, heads)
+            return self.fallback(q_, k_, v_, heads, extra_options)
 
         groups = int(extra_options.get("attnkit_groups", 1))
         rows = self.cond_rows(q.shape[0], extra_options).to(q.device)

@@ -57,12 +57,47 @@ def split_words(text: str) -> list[tuple[str, int, int]]:
     return [(m.group(0), m.start(), m.end()) for m in _WORD.finditer(text)]
 
 
+def encode_with_offsets(tokenizer, prompt: str, name: str = "tokenizer"):
+    """``(ids, offsets, special mask)`` of ``prompt`` as ``tokenizer`` encodes it (specials included, not truncated).
+
+    Fast tokenizers report each token's ``(start, end)`` characters themselves. Slow (Python) tokenizers cannot
+    (``return_offsets_mapping`` raises ``NotImplementedError``), and they are what hosts hand out: ComfyUI's CLIP
+    and A1111's/Forge's under transformers 4.x. For those, the prompt is cut into the pieces the tokenizer's own
+    pre-tokenizer cuts it into (CLIP's ``pat``; whitespace-separated chunks otherwise), each piece is tokenized alone
+    and its tokens get its character span; the result is accepted only if the pieces' tokens are exactly the
+    prompt's tokens, so a position is never guessed.
+    """
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True,
+                        return_special_tokens_mask=True, truncation=False)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]], list(enc["special_tokens_mask"])
+    enc = tokenizer(prompt, add_special_tokens=True, return_special_tokens_mask=True, truncation=False)
+    ids, special = list(enc["input_ids"]), list(enc["special_tokens_mask"])
+    pattern = getattr(tokenizer, "pat", None)
+    lowered = prompt.lower() if getattr(tokenizer, "do_lower_case", True) is not False else prompt
+    if pattern is None or not hasattr(pattern, "finditer") or len(lowered) != len(prompt):
+        pattern = re.compile(r"\S+")
+    pieces: list[tuple[int, int, int]] = []
+    for m in pattern.finditer(lowered):
+        piece_ids = tokenizer(prompt[m.start():m.end()], add_special_tokens=False)["input_ids"]
+        pieces.extend((i, m.start(), m.end()) for i in piece_ids)
+    content = [i for i, s in zip(ids, special) if not s]
+    if [p[0] for p in pieces] != content:
+        raise AttnKitError(
+            f"cannot tell which characters each token of {name} ({type(tokenizer).__name__}, a slow tokenizer) comes "
+            f"from in {prompt!r}; use a fast tokenizer or simplify the prompt's punctuation"
+        )
+    spans = iter(pieces)
+    offsets = [(0, 0) if s else next(spans)[1:] for s in special]
+    return ids, offsets, special
+
+
 class TokenMap:
     """Token positions of one prompt as one tokenizer encodes it for the pipeline.
 
     Args:
         prompt: the prompt exactly as passed to the pipeline.
-        tokenizer: a ``transformers`` fast tokenizer (CLIP BPE or T5 SentencePiece).
+        tokenizer: a ``transformers`` tokenizer (CLIP BPE or T5 SentencePiece; fast or slow).
         max_length: how many positions the pipeline keeps (77 for CLIP, ``max_sequence_length`` for T5).
         name: label used in messages (``"tokenizer_2"``...).
     """
@@ -73,13 +108,9 @@ class TokenMap:
         self.prompt = prompt
         self.name = name
         self.max_length = int(max_length or tokenizer.model_max_length)
-        enc = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True,
-                        return_special_tokens_mask=True, truncation=False)
-        ids = list(enc["input_ids"])
+        ids, self.offsets, self.special = encode_with_offsets(tokenizer, prompt, name)
         self.ids = ids
         self.tokens = tokenizer.convert_ids_to_tokens(ids)
-        self.offsets = [tuple(o) for o in enc["offset_mapping"]]
-        self.special = list(enc["special_tokens_mask"])
         # The pipeline keeps the first max_length tokens and re-appends EOS, so content positions go up to
         # max_length - 2 when the sequence ends with a special token (CLIP BOS..EOS, T5 ..</s>).
         trailing_special = bool(self.special) and self.special[-1] == 1

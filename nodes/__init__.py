@@ -8,15 +8,43 @@ share code), **AttnKit Apply Preset**, **AttnKit Preset** (JSON or share code ->
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-try:
-    import attnkit  # noqa: F401
-except ImportError:  # the pack folder holds the attnkit package
-    sys.path.insert(0, _ROOT)
 
+
+def _library():
+    """The ``attnkit`` package of this pack, imported by its path.
+
+    ComfyUI-Manager installs the pack as a folder of ``custom_nodes/`` and never pip-installs it, so the package is
+    not importable by name. Putting the pack folder on ``sys.path`` would make its other top-level names
+    (``tests``, ``install``, ``extension``, ``tools``...) shadow those of every other pack; instead only the name
+    ``attnkit`` is registered, pointing at this folder's package. An ``attnkit`` package already imported (a pip
+    install that the user's own code loaded first) is reused.
+    """
+    loaded = sys.modules.get("attnkit")
+    paths = list(getattr(loaded, "__path__", None) or [])
+    if loaded is not None and paths and os.path.isfile(os.path.join(paths[0], "comfyui.py")):
+        return loaded
+    here = os.path.join(_ROOT, "attnkit")
+    spec = importlib.util.spec_from_file_location("attnkit", os.path.join(here, "__init__.py"),
+                                                  submodule_search_locations=[here])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["attnkit"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if loaded is not None:
+            sys.modules["attnkit"] = loaded
+        else:
+            sys.modules.pop("attnkit", None)
+        raise
+    return module
+
+
+_library()
 from attnkit import comfyui  # noqa: E402
 from attnkit.errors import AttnKitError  # noqa: E402
 from attnkit.methods import REGISTRY, get_method  # noqa: E402
@@ -25,6 +53,8 @@ from attnkit.ui.fields import fields_for  # noqa: E402
 from attnkit.ui.panel import METHOD_TITLES, param_to_widget_value, widget_value_to_param  # noqa: E402
 
 CATEGORY = "attnkit"
+#: node titles of the methods (the panel's longer titles read badly in a node menu)
+NODE_TITLES = {**METHOD_TITLES, "observe": "Observe"}
 TARGETS = "ATTNKIT_TARGETS"
 PRESET = "ATTNKIT_PRESET"
 MAPS = "ATTNKIT_MAPS"
@@ -50,8 +80,23 @@ def field_input(f):
     if f.kind == "float":
         return ("FLOAT", {"default": f.default, "min": f.minimum, "max": f.maximum, "step": f.step, **tip})
     if f.kind == "choice":
-        return (list(f.choices), {"default": f.default, **tip})
+        choices = list(f.choices)
+        if (f.method, f.name) == ("structured", "parser"):
+            choices, tip = _parsers(f)
+        return (choices, {"default": f.default, **tip})
     return ("STRING", {"default": str(param_to_widget_value(f, f.default)), "multiline": False, **tip})
+
+
+def _parsers(f):
+    """The structured parsers that can run here: ``rules`` always; ``stanza``/``spacy`` once their packages are
+    installed (the tooltip says how)."""
+    missing = [name for name in f.choices if name != "rules" and importlib.util.find_spec(name) is None]
+    choices = [name for name in f.choices if name not in missing]
+    tip = f.help
+    if missing:
+        tip += ". Not installed here: " + ", ".join(missing) + " (pip install " + " ".join(missing) + \
+            " into ComfyUI's Python, add its English model, restart ComfyUI)"
+    return choices, {"tooltip": tip}
 
 
 class AttnKitWords:
@@ -73,28 +118,55 @@ class AttnKitWords:
         return (comfyui.targets(clip, text, words),)
 
 
+def _params_with_words(method_id, params, targets):
+    """``params`` with the Words node's words where the method maps or targets words and names none itself: the one
+    rule for Apply <method> and Apply Preset, so both act on the same tokens."""
+    params = dict(params)
+    takes_words = "words" in {f.name for f in fields_for(method_id)}
+    if takes_words and params.get("words") is None and not params.get("token_indices") and targets.words:
+        params["words"] = list(targets.words)
+    if method_id in ("attend_excite", "a_star") and not params.get("words") and not params.get("token_indices"):
+        raise AttnKitError(f"{METHOD_TITLES[method_id]} needs words: type them in AttnKit Words")
+    return params
+
+
 def _methods_from(method_id, values, targets):
     params = {}
     for f in fields_for(method_id):
         if f.name in values:
             params[f.name] = widget_value_to_param(f, values[f.name])
-    if "words" in {f.name for f in fields_for(method_id)} and not params.get("token_indices"):
-        if method_id != "observe" or targets.words:
-            params["words"] = list(targets.words) or None
-    if method_id in ("attend_excite", "a_star") and not params.get("words") and not params.get("token_indices"):
-        raise AttnKitError(f"{METHOD_TITLES[method_id]} needs words: type them in AttnKit Words")
-    return get_method(method_id)(**params)
+    return get_method(method_id)(**_params_with_words(method_id, params, targets))
 
 
-def _apply(model, targets, methods):
+def _label(title, unique_id):
+    return f"{title} (node {unique_id})" if unique_id is not None else title
+
+
+def _attention(q, k, v, heads, extra_options=None):
+    """ComfyUI's own attention, called as its ``CrossAttention.forward`` calls it (``comfy/ldm/modules/attention.py``,
+    the kernel ComfyUI chose for this machine), for the layers where no AttnKit method changes the result."""
+    from comfy.ldm.modules import attention
+
+    options = extra_options or {}
+    return attention.optimized_attention(q, k, v, heads, attn_precision=options.get("attn_precision"),
+                                         transformer_options=options)
+
+
+def _apply(model, targets, methods, label, prompt=None, unique_id=None):
     wrapper_type, calc_cond_batch = _comfy()
-    return comfyui.apply(model, targets, methods, sampler_wrapper_type=wrapper_type, calc_cond_batch=calc_cond_batch)
+    return comfyui.apply(model, targets, methods, sampler_wrapper_type=wrapper_type, calc_cond_batch=calc_cond_batch,
+                         label=label, prompt=prompt, node_id=unique_id, attention=_attention)
+
+
+#: the graph and the node's id, which ComfyUI passes to nodes that ask (to check image sizes and prompts there)
+HIDDEN = {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}
 
 
 def _apply_node(method_id):
     inputs = {f.name: field_input(f) for f in fields_for(method_id)}
     inputs = {k: v for k, v in inputs.items() if v is not None}
     observe = method_id == "observe"
+    title = f"AttnKit Apply {NODE_TITLES[method_id]}"
 
     class Node:
         DESCRIPTION = f"{METHOD_TITLES[method_id]} on a patched copy of the MODEL (the input MODEL is not changed)."
@@ -105,11 +177,11 @@ def _apply_node(method_id):
 
         @classmethod
         def INPUT_TYPES(cls):
-            return {"required": {"model": ("MODEL",), "targets": (TARGETS,), **inputs}}
+            return {"required": {"model": ("MODEL",), "targets": (TARGETS,), **inputs}, "hidden": dict(HIDDEN)}
 
-        def apply(self, model, targets, **values):
+        def apply(self, model, targets, prompt=None, unique_id=None, **values):
             method = _methods_from(method_id, values, targets)
-            clone, session = _apply(model, targets, [method])
+            clone, session = _apply(model, targets, [method], _label(title, unique_id), prompt, unique_id)
             code = Preset.from_methods([method]).to_share_code()
             return (clone, session, code) if observe else (clone, code)
 
@@ -146,10 +218,11 @@ class AttnKitApplyPreset:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "targets": (TARGETS,), "preset": (PRESET,)}}
+        return {"required": {"model": ("MODEL",), "targets": (TARGETS,), "preset": (PRESET,)}, "hidden": dict(HIDDEN)}
 
-    def apply(self, model, targets, preset):
-        clone, session = _apply(model, targets, preset.to_methods(targets.words or None))
+    def apply(self, model, targets, preset, prompt=None, unique_id=None):
+        methods = [get_method(i)(**_params_with_words(i, params, targets)) for i, params in preset.methods]
+        clone, session = _apply(model, targets, methods, _label("AttnKit Apply Preset", unique_id), prompt, unique_id)
         return (clone, session)
 
 
@@ -184,8 +257,6 @@ class AttnKitAttentionMaps:
         return (torch.stack(out),)
 
 
-#: node titles of the methods (the panel's longer titles read badly in a node menu)
-NODE_TITLES = {**METHOD_TITLES, "observe": "Observe"}
 NODE_CLASS_MAPPINGS = {"AttnKitWords": AttnKitWords}
 NODE_DISPLAY_NAME_MAPPINGS = {"AttnKitWords": "AttnKit Words"}
 for _id in REGISTRY:

@@ -51,6 +51,15 @@ def schema(node_type, mappings):
     return inputs, list(node.RETURN_TYPES)
 
 
+def output_names(node_type, mappings):
+    """The output slot names ComfyUI's frontend shows: the node's RETURN_NAMES, or its output types where it
+    declares none (ComfyUI's core loaders, encoders and samplers)."""
+    if node_type in CORE:
+        return list(CORE[node_type]["outputs"])
+    node = mappings[node_type]
+    return list(getattr(node, "RETURN_NAMES", None) or node.RETURN_TYPES)
+
+
 def graph(method, mappings):
     """Nodes as ``[(id, type, {input: value or (node id, output index)}, title)]``."""
     apply_type, overrides = METHODS[method] if method != "preset" else ("AttnKitApplyPreset", {})
@@ -122,7 +131,8 @@ def ui_format(nodes, mappings):
         for n, t in link_inputs:
             link = next((lk[0] for lk in links if lk[3] == i and lk[4] == len(ui_inputs)), None)
             ui_inputs.append({"name": n, "type": t, "link": link})
-        ui_outputs = [{"name": t.lower(), "type": t, "links": out_links.get((i, s), []), "slot_index": s}
+        names = output_names(node_type, mappings)
+        ui_outputs = [{"name": names[s], "type": t, "links": out_links.get((i, s), []), "slot_index": s}
                       for s, t in enumerate(outputs)]
         ui_nodes.append({"id": i, "type": node_type, "title": title, "pos": [60 + 330 * (order[i] % 4),
                                                                           80 + 260 * (order[i] // 4)],

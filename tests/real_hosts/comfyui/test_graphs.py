@@ -1,0 +1,293 @@
+"""Graphs queued in the real ComfyUI: every example workflow, the latent methods under ComfyUI's samplers and
+schedulers, patches that survive MODEL -> MODEL nodes, maps of a batch, and bad input reported at the right node."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import host
+
+APPLY = {"observe": "AttnKitApplyObserve", "structured": "AttnKitApplyStructured",
+         "attend_excite": "AttnKitApplyAttendExcite", "a_star": "AttnKitApplyAStar"}
+
+
+def run_ok(executor, graph, **kwargs):
+    result = executor.run(graph, **kwargs)
+    assert result.ok, result.error or result.validation
+    return result
+
+
+def differs(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two 8-bit images (0-255)."""
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
+
+
+#: a change no rounding explains: the method acted on the image
+CHANGED = 0.05
+
+
+def attnkit_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("AttnKit")]
+
+
+def _workflows():
+    folder = os.path.join(host.PACK, "example_workflows", "api") if host.PACK else ""
+    return sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(folder) else []
+
+
+@pytest.mark.parametrize("name", _workflows())
+def test_every_example_workflow_runs(executor, name):
+    """Each shipped API workflow, as written, with three changes a CPU needs: the test checkpoint, a 128 px image
+    and 4 steps. A method that changes images must change this one against the same graph without AttnKit;
+    observe must leave it bit-identical."""
+    graph = host.load_workflow(os.path.join(host.PACK, "example_workflows", "api", name))
+    for node in graph.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = host.checkpoint()
+        if node["class_type"] == "EmptyLatentImage":
+            inputs.update(width=128, height=128)
+        if node["class_type"] == "KSampler":
+            inputs["steps"] = 4
+    sampler = next(n for n in graph.values() if n["class_type"] == "KSampler")
+    save = next(i for i, n in graph.items() if n["class_type"] == "SaveImage")
+    result = run_ok(executor, graph)
+    plain = json.loads(json.dumps(graph))
+    plain_sampler = next(n for n in plain.values() if n["class_type"] == "KSampler")
+    loader = next(i for i, n in plain.items() if n["class_type"] == "CheckpointLoaderSimple")
+    plain_sampler["inputs"]["model"] = [loader, 0]
+    for i in [i for i, n in plain.items() if n["class_type"].startswith("AttnKit")]:
+        del plain[i]
+    baseline = run_ok(executor, plain)
+    assert sampler["inputs"]["model"][0] != loader
+    change = differs(result.image(save), baseline.image(save))
+    if "observe" in name:
+        assert change == 0.0
+        maps = next(i for i, n in graph.items() if n["class_type"] == "AttnKitAttentionMaps")
+        assert len(result.images[next(i for i, n in graph.items() if n["class_type"] == "PreviewImage"
+                                      and n["inputs"]["images"][0] == maps)]) == 1
+    else:
+        assert change > CHANGED, name
+
+
+SAMPLERS = [  # (method, sampler, scheduler): every sampler and scheduler the issue names, each latent method thrice+
+    ("attend_excite", "euler", "normal"),
+    ("attend_excite", "euler_ancestral", "karras"),
+    ("attend_excite", "heun", "exponential"),
+    ("attend_excite", "dpmpp_2m", "sgm_uniform"),
+    ("attend_excite", "uni_pc", "simple"),
+    ("attend_excite", "ddim", "normal"),
+    ("a_star", "euler", "karras"),
+    ("a_star", "dpmpp_2m", "simple"),
+    ("a_star", "heun", "normal"),
+    ("a_star", "uni_pc", "exponential"),
+]
+
+
+@pytest.mark.parametrize("method,sampler,scheduler", SAMPLERS)
+def test_latent_methods_under_comfyui_samplers(executor, caplog, method, sampler, scheduler):
+    """The gradient pass runs through ComfyUI's inference-mode weights under each sampler, the latent update lands
+    (the image differs from the same graph without AttnKit), no AttnKit warning unless the sampler cannot take the
+    update in full (uni_pc, said once), and the model's weights are left as ComfyUI loaded them."""
+    base = host.base_graph(sampler=sampler, scheduler=scheduler, steps=4, seed=3)
+    plain = run_ok(executor, base)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        result = run_ok(executor, host.with_method(base, APPLY[method], max_iter_to_alter=3))
+    assert differs(result.image(), plain.image()) > CHANGED
+    said = attnkit_warnings(caplog)
+    if sampler == "uni_pc":
+        assert len(said) == 1 and "copy of the sampler's latent" in said[0], said
+    else:
+        assert said == [], said
+    model = executor.output("ckpt", 0)
+    assert all(p.is_inference() for p in model.model.diffusion_model.parameters())
+
+
+def test_heun_updates_each_step_once_at_the_steps_own_call(executor):
+    """Heun calls the model twice a step (its corrector at the next step's noise level): the update happens at
+    each step's own call only, and the report counts every step."""
+    g = host.with_method(host.base_graph(sampler="heun", steps=4, seed=5), APPLY["attend_excite"],
+                         max_iter_to_alter=4)
+    run_ok(executor, g)
+    report = _session_of(executor, "attnkit").last_report
+    assert report.steps == 4
+    assert sorted({r["step"] for r in report.methods["attend_excite"].losses}) == [0, 1, 2, 3]
+
+
+def _session_of(executor, node_id):
+    """The AttnKit session behind an Apply node's MODEL output (the sampler wrapper it installed)."""
+    from comfy.patcher_extension import WrappersMP
+
+    model = executor.output(node_id, 0)
+    wrappers = model.wrappers[WrappersMP.SAMPLER_SAMPLE]
+    session = next(w.__self__ for key, ws in wrappers.items() if key == "attnkit" for w in ws)
+    return session
+
+
+def test_gradient_pass_costs_no_copy_of_the_weights(executor):
+    """Peak memory of an Attend-and-Excite graph against the same graph without AttnKit, the model already loaded
+    (what a user's second queue costs). The weights are not copied for the gradient pass: the difference is the
+    pass's activations only."""
+    base = host.base_graph(steps=4, seed=11, width=256, height=256)
+    run_ok(executor, host.base_graph(steps=1, seed=99, width=256, height=256))  # load the model first
+    plain = run_ok(executor, base, measure_memory=True)
+    latent = run_ok(executor, host.with_method(base, APPLY["attend_excite"], max_iter_to_alter=4), measure_memory=True)
+    model = executor.output("ckpt", 0)
+    weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
+    ratio = latent.peak_rss / plain.peak_rss
+    print(f"\npeak RSS: plain {plain.peak_rss / 2**30:.2f} GiB, attend_excite {latent.peak_rss / 2**30:.2f} GiB, "
+          f"ratio {ratio:.3f}; UNet weights {weights / 2**30:.2f} GiB")
+    assert latent.peak_rss - plain.peak_rss < 0.5 * weights
+
+
+def test_structured_survives_model_clones(executor):
+    """Apply Structured followed by MODEL -> MODEL nodes (ModelSamplingDiscrete, another AttnKit Apply) still runs
+    structured: the image equals Apply Structured alone and differs from the plain graph."""
+    base = host.base_graph(seed=4)
+    plain = run_ok(executor, base).image()
+    alone = run_ok(executor, host.with_method(base, APPLY["structured"])).image()
+    assert differs(alone, plain) > CHANGED
+    g = host.with_method(base, APPLY["structured"])
+    g["msd"] = {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["attnkit", 0], "sampling": "eps",
+                                                                  "zsnr": False}}
+    g["sampler"]["inputs"]["model"] = ["msd", 0]
+    np.testing.assert_array_equal(run_ok(executor, g).image(), alone)
+    g2 = host.with_method(host.with_method(base, APPLY["structured"]), APPLY["observe"], node_id="obs",
+                          model_from=("attnkit", 0))
+    np.testing.assert_array_equal(run_ok(executor, g2).image(), alone)
+    assert set(executor.output("obs", 1).last_report.methods["observe"].maps) == {"car", "sheep"}
+
+
+def test_structured_survives_a_lora_loader(executor, lora):
+    """Apply Structured then LoraLoaderModelOnly gives the same image as the LoRA then Apply Structured, and not the
+    LoRA's image alone: the patch came through the loader's clone."""
+    base = host.base_graph(seed=6)
+
+    def lora_after(model_from):
+        return {"class_type": "LoraLoaderModelOnly", "inputs": {"model": list(model_from), "lora_name": lora,
+                                                                 "strength_model": 1.0}}
+
+    lora_only = dict(base, lora=lora_after(("ckpt", 0)))
+    lora_only["sampler"] = json.loads(json.dumps(base["sampler"]))
+    lora_only["sampler"]["inputs"]["model"] = ["lora", 0]
+    with_lora = run_ok(executor, lora_only).image()
+    assert differs(with_lora, run_ok(executor, base).image()) > CHANGED  # the LoRA does something
+
+    after = host.with_method(base, APPLY["structured"])
+    after["lora"] = lora_after(("attnkit", 0))
+    after["sampler"]["inputs"]["model"] = ["lora", 0]
+    before = host.with_method(lora_only, APPLY["structured"], model_from=("lora", 0))
+    image_after = run_ok(executor, after).image()
+    assert differs(image_after, with_lora) > CHANGED
+    np.testing.assert_allclose(image_after.astype(np.float32), run_ok(executor, before).image().astype(np.float32),
+                               atol=2)
+
+
+def test_observe_and_attention_maps_with_batch_two(executor):
+    g = host.with_method(host.base_graph(batch=2, seed=8), APPLY["observe"])
+    g["maps"] = {"class_type": "AttnKitAttentionMaps", "inputs": {"maps": ["attnkit", 1], "images": ["decode", 0]}}
+    g["save_maps"] = {"class_type": "SaveImage", "inputs": {"images": ["maps", 0], "filename_prefix": "maps"}}
+    result = run_ok(executor, g)
+    assert len(result.images["save"]) == 2 and len(result.images["save_maps"]) == 2
+    report = executor.output("attnkit", 1).last_report
+    maps = report.methods["observe"].maps
+    assert set(maps) == {"car", "sheep"} and all(m.shape[0] == 2 for m in maps.values())
+    for m in maps.values():
+        assert torch.isfinite(m).all() and m.min() >= 0
+        assert not torch.equal(m[0], m[1])  # two images, two sets of maps
+    assert differs(result.images["save_maps"][0], result.images["save_maps"][1]) > 0
+
+
+def test_apply_preset_and_apply_observe_map_the_same_words(executor):
+    g = host.with_method(host.base_graph(seed=9), APPLY["observe"])
+    run_ok(executor, g)
+    observe = executor.output("attnkit", 1).last_report.methods["observe"].maps
+    code = executor.output("attnkit", 2)
+    p = host.base_graph(seed=9)
+    p["preset"] = {"class_type": "AttnKitPreset", "inputs": {"preset": code}}
+    p["attnkit"] = {"class_type": "AttnKitApplyPreset", "inputs": {"model": ["ckpt", 0], "targets": ["words", 0],
+                                                                   "preset": ["preset", 0]}}
+    p["sampler"]["inputs"]["model"] = ["attnkit", 0]
+    run_ok(executor, p)
+    preset = executor.output("attnkit", 1).last_report.methods["observe"].maps
+    assert set(preset) == set(observe) == {"car", "sheep"}
+    for word in observe:
+        torch.testing.assert_close(preset[word], observe[word])
+
+
+def test_a_word_not_in_the_prompt_is_named_at_the_words_node(executor):
+    g = host.with_method(host.base_graph(words="giraffe, car"), APPLY["attend_excite"])
+    result = executor.run(g)
+    assert not result.ok
+    assert result.error["node_type"] == "AttnKitWords" and result.error["node_id"] == "words"
+    message = result.error["exception_message"]
+    assert "'giraffe' is not in the prompt" in message and "sheep" in message
+    assert "Traceback" not in message
+
+
+def test_attn_res_the_image_cannot_serve_is_reported_at_the_apply_node(executor):
+    g = host.with_method(host.base_graph(width=128, height=128), APPLY["attend_excite"], attn_res="32x32")
+    result = executor.run(g)
+    assert not result.ok and result.error["node_id"] == "attnkit", result.error
+    message = result.error["exception_message"]
+    assert "AttnKit Apply Attend-and-Excite (node attnkit)" in message and "128x128" in message
+    assert "32x32" in message and "16x16" in message
+
+
+def test_attn_res_unknown_until_sampling_names_the_apply_node(executor):
+    """A latent the graph does not size (here: a latent upscaled by a node) is checked at the sampler; the
+    message names the Apply node whose setting to change."""
+    g = host.with_method(host.base_graph(width=64, height=64), APPLY["attend_excite"], attn_res="32x32")
+    g["up"] = {"class_type": "LatentUpscale", "inputs": {"samples": ["latent", 0], "upscale_method": "nearest-exact",
+                                                        "width": 128, "height": 128, "crop": "disabled"}}
+    g["sampler"]["inputs"]["latent_image"] = ["up", 0]
+    result = executor.run(g)
+    assert not result.ok and result.error["node_type"] == "KSampler"
+    assert "AttnKit Apply Attend-and-Excite (node attnkit)" in result.error["exception_message"]
+    assert "32x32" in result.error["exception_message"]
+
+
+def test_words_of_another_prompt_are_refused_at_the_apply_node(executor):
+    g = host.with_method(host.base_graph(words_prompt="a white sheep and a red car", words="car"),
+                         APPLY["observe"])
+    result = executor.run(g)
+    assert not result.ok and result.error["node_id"] == "attnkit"
+    message = result.error["exception_message"]
+    assert "CLIP Text Encode (node pos)" in message and "'car'" in message and "same text" in message
+
+
+def test_words_of_a_longer_prompt_with_the_same_start_are_fine(executor):
+    g = host.with_method(host.base_graph(prompt="a red car and a white sheep, studio photo",
+                                         words_prompt="a red car and a white sheep"), APPLY["observe"])
+    run_ok(executor, g)
+
+
+def test_a_prompt_that_arrives_by_link_is_checked_at_sampling(executor, caplog):
+    """When the sampler's text comes through a link the graph cannot be read for it, the conditioning itself is
+    compared at sampling, and a mismatch is said in the log."""
+    g = host.with_method(host.base_graph(), APPLY["observe"])
+    g["pos"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["pos_inner", 0]}}
+    g["pos_inner"] = {"class_type": "CLIPTextEncode", "inputs": {"text": host.PROMPT, "clip": ["ckpt", 1]}}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_ok(executor, g)
+    assert any("not encoded from the AttnKit Words text" in m for m in attnkit_warnings(caplog))
+
+
+def test_a_failed_run_says_only_the_real_error(executor, caplog):
+    g = host.with_method(host.base_graph(width=64, height=64), APPLY["observe"], resolution="32x32")
+    g["up"] = {"class_type": "LatentUpscale", "inputs": {"samples": ["latent", 0], "upscale_method": "nearest-exact",
+                                                        "width": 128, "height": 128, "crop": "disabled"}}
+    g["sampler"]["inputs"]["latent_image"] = ["up", 0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        result = executor.run(g)
+    assert not result.ok
+    assert not [m for m in attnkit_warnings(caplog) if "no step fell" in m]
