@@ -39,6 +39,11 @@ mkdir -p "$cache"
 venv="$cache/comfyui-venv"
 python=${PYTHON:-python3}
 
+quiet() {  # run a pip command without the registry mirror's "Location ... is ignored" lines
+  "$@" 2>&1 | { grep -v "is ignored" || true; } >&2
+  return "${PIPESTATUS[0]}"
+}
+
 # --- the environment (rebuilt only when its inputs change)
 want=$( (cat "$host/requirements.txt" requirements.txt tools/constraints.txt; sed -n '/^# --- the environment/,/^# --- end/p' "$0") \
   | sha256sum | cut -c1-16)
@@ -46,7 +51,7 @@ if [ "$(cat "$venv/.attnkit-setup" 2>/dev/null)" != "$want" ]; then
   echo "setting up the ComfyUI test environment in $venv (first run: about two minutes)" >&2
   rm -rf "$venv"
   "$python" -m venv "$venv"
-  pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check -c tools/constraints.txt)
+  pip=(quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check -c tools/constraints.txt)
   "${pip[@]}" --upgrade pip
   # ComfyUI's requirements less torchvision/torchaudio (see above), spandrel and the frontend packages
   grep -vE '^\s*(#|$)|^(torch|torchvision|torchaudio|spandrel|comfyui-frontend-package|comfyui-workflow-templates|comfyui-embedded-docs)\b' \
@@ -64,8 +69,8 @@ mkdir -p "$pack"
 git ls-files -co --exclude-standard | while IFS= read -r f; do [ -e "$f" ] && printf '%s\n' "$f"; done \
   | tar -cf - -T - | tar -xf - -C "$pack"
 test -f "$pack/__init__.py" -a -f "$pack/requirements.txt"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -c tools/constraints.txt -r "$pack/requirements.txt" \
-  "transformers<5" 2>&1 | grep -v "is ignored" >&2 || true
+quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check -c tools/constraints.txt \
+  -r "$pack/requirements.txt" "transformers<5"
 (cd "$pack" && "$venv/bin/python" install.py)
 
 export ATTNKIT_COMFYUI="$host" ATTNKIT_COMFYUI_BASE="$base" ATTNKIT_HOST_CACHE="$cache"

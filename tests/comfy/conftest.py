@@ -1,7 +1,8 @@
-"""ComfyUI node tests run against the stub ``comfy`` package in ``stubs/`` (compute: a tiny diffusers SD 1.5 UNet)."""
+"""The pack's ``nodes/`` package, imported by path without ComfyUI (it imports ``comfy`` only when a node runs)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -9,31 +10,15 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-for path in (os.path.join(HERE, "stubs"), os.path.join(os.path.dirname(HERE), "hosts")):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
 
 @pytest.fixture(scope="module")
-def pack():
-    """The node pack imported the way ComfyUI imports a custom node folder (as a package, by path)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("attnkit_pack_under_test", os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
+def pack_nodes():
+    name = "attnkit_pack_nodes_under_test"
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "nodes", "__init__.py"),
+                                                  submodule_search_locations=[os.path.join(ROOT, "nodes")])
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     yield module
-    for name in [n for n in sys.modules if n.startswith(spec.name)]:
-        del sys.modules[name]
-
-
-@pytest.fixture(scope="module")
-def comfy_model(sd15):
-    """A ComfyUI MODEL (ModelPatcher around the stub BaseModel) and CLIP over the tiny SD 1.5 pipeline."""
-    from comfy.model_base import BaseModel
-    from comfy.model_patcher import ModelPatcher
-    from comfy.sd import CLIP
-
-    return ModelPatcher(BaseModel(sd15)), CLIP(sd15)
+    del sys.modules[name]

@@ -84,9 +84,56 @@ def boot(with_pack: bool = True):
     import nodes
 
     os.makedirs(os.path.join(BASE, "models", "checkpoints"), exist_ok=True)
+    if with_pack:
+        _write_other_pack()
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=with_pack, init_api_nodes=False))
     _booted = (nodes, execution)
     return _booted
+
+
+OTHER_PACK = '''"""Another custom node pack (written by attnkit's tests): an attention replace, as IP-Adapter-style packs put
+one on every cross-attention block of a MODEL clone, keyed by (block, number, index) or by (block, number)."""
+
+from comfy.ldm.modules.attention import optimized_attention
+
+CALLS = []
+
+
+def replace(q, k, v, extra_options):
+    CALLS.append(extra_options["block"])
+    return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+                               transformer_options=extra_options)
+
+
+class OtherPackAttention:
+    CATEGORY = "tests"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "keyed": (["block_index", "block"],)}}
+
+    def patch(self, model, keyed):
+        clone = model.clone()
+        dm = clone.model.diffusion_model
+        for name, blocks in (("input", dm.input_blocks), ("middle", [dm.middle_block]), ("output", dm.output_blocks)):
+            for number, block in enumerate(blocks):
+                for module in block:
+                    for index, _ in enumerate(getattr(module, "transformer_blocks", [])):
+                        key = (name, 0 if name == "middle" else number) + ((index,) if keyed == "block_index" else ())
+                        clone.set_model_attn2_replace(replace, *key)
+        return (clone,)
+
+
+NODE_CLASS_MAPPINGS = {"OtherPackAttention": OtherPackAttention}
+'''
+
+
+def _write_other_pack():
+    """A second custom node pack in custom_nodes/, to check that attnkit works beside what other packs patch."""
+    with open(os.path.join(BASE, "custom_nodes", "other_attention_pack.py"), "w", encoding="utf-8") as f:
+        f.write(OTHER_PACK)
 
 
 def _init_weights(module, seed: int):

@@ -205,17 +205,22 @@ def test_observe_and_attention_maps_with_batch_two(executor):
     assert differs(result.images["save_maps"][0], result.images["save_maps"][1]) > 0
 
 
+def with_preset(g, preset: str) -> dict:
+    """AttnKit Preset (JSON or share code) -> AttnKit Apply Preset between the checkpoint and the KSampler."""
+    g = json.loads(json.dumps(g))
+    g["preset"] = {"class_type": "AttnKitPreset", "inputs": {"preset": preset}}
+    g["attnkit"] = {"class_type": "AttnKitApplyPreset", "inputs": {"model": ["ckpt", 0], "targets": ["words", 0],
+                                                                   "preset": ["preset", 0]}}
+    g["sampler"]["inputs"]["model"] = ["attnkit", 0]
+    return g
+
+
 def test_apply_preset_and_apply_observe_map_the_same_words(executor):
     g = host.with_method(host.base_graph(seed=9), APPLY["observe"])
     run_ok(executor, g)
     observe = executor.output("attnkit", 1).last_report.methods["observe"].maps
     code = executor.output("attnkit", 2)
-    p = host.base_graph(seed=9)
-    p["preset"] = {"class_type": "AttnKitPreset", "inputs": {"preset": code}}
-    p["attnkit"] = {"class_type": "AttnKitApplyPreset", "inputs": {"model": ["ckpt", 0], "targets": ["words", 0],
-                                                                   "preset": ["preset", 0]}}
-    p["sampler"]["inputs"]["model"] = ["attnkit", 0]
-    run_ok(executor, p)
+    run_ok(executor, with_preset(host.base_graph(seed=9), code))
     preset = executor.output("attnkit", 1).last_report.methods["observe"].maps
     assert set(preset) == set(observe) == {"car", "sheep"}
     for word in observe:
@@ -291,3 +296,65 @@ def test_a_failed_run_says_only_the_real_error(executor, caplog):
         result = executor.run(g)
     assert not result.ok
     assert not [m for m in attnkit_warnings(caplog) if "no step fell" in m]
+
+
+@pytest.mark.parametrize("keyed", ["block_index", "block"])
+def test_another_packs_attention_replace_still_computes_every_block(executor, keyed):
+    """Another pack's attn2 replace (keyed either way ComfyUI looks it up) is wrapped, not dropped: with Apply
+    Observe after it, it still runs on every cross-attention call and the image is that of the other pack alone."""
+    import sys
+
+    other = sys.modules[[m for m in sys.modules if m.endswith("other_attention_pack")][0]]
+    base = host.base_graph(seed=12)
+    base["other"] = {"class_type": "OtherPackAttention", "inputs": {"model": ["ckpt", 0], "keyed": keyed}}
+    alone = json.loads(json.dumps(base))
+    alone["sampler"]["inputs"]["model"] = ["other", 0]
+    other.CALLS.clear()
+    image = run_ok(executor, alone).image()
+    calls = len(other.CALLS)
+    assert calls > 0
+    other.CALLS.clear()
+    result = run_ok(executor, host.with_method(base, APPLY["observe"], model_from=("other", 0)))
+    assert len(other.CALLS) == calls
+    np.testing.assert_array_equal(result.image(), image)
+    assert set(executor.output("attnkit", 1).last_report.methods["observe"].maps) == {"car", "sheep"}
+
+
+def test_preset_node_reads_share_codes_and_json_and_refuses_damage(comfy, executor):
+    nodes, _ = comfy
+    import attnkit
+    from attnkit.methods import Observe, StructuredGuidance
+
+    code = attnkit.Preset.from_methods([StructuredGuidance(conjunction=True), Observe()]).to_share_code()
+    node = nodes.NODE_CLASS_MAPPINGS["AttnKitPreset"]()
+    preset, text, share = node.load(code)
+    assert share == code and json.loads(text)["methods"][0]["id"] == "structured"
+    assert node.load(text)[2] == code
+    g = with_preset(host.base_graph(seed=13), code)
+    run_ok(executor, g)
+    assert set(executor.output("attnkit", 1).last_report.methods) == {"structured", "observe"}
+    g["preset"]["inputs"]["preset"] = "ak1.broken"
+    result = executor.run(g)
+    assert not result.ok and result.error["node_id"] == "preset"
+    assert "Traceback" not in result.error["exception_message"]
+
+
+def test_a_flux_model_is_refused_at_the_apply_node(executor):
+    """A MODEL that is not a SD 1.x/2.x/SDXL UNet (here ComfyUI's own Flux class, built small) gets one line."""
+    nodes, _ = host.boot()
+    import attnkit
+    import comfy.model_patcher
+    import comfy.supported_models
+    config = comfy.supported_models.Flux({"image_model": "flux", "in_channels": 16, "patch_size": 2,
+                                          "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+                                          "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+                                          "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000,
+                                          "qkv_bias": True, "guidance_embed": False})
+    model = comfy.model_patcher.ModelPatcher(config.get_model({}, device=torch.device("cpu")), torch.device("cpu"),
+                                             torch.device("cpu"))
+    words = nodes.NODE_CLASS_MAPPINGS["AttnKitWords"]
+    ckpt = nodes.CheckpointLoaderSimple().load_checkpoint(host.checkpoint())
+    targets = words().pick(ckpt[1], host.PROMPT, "car")[0]
+    node = nodes.NODE_CLASS_MAPPINGS["AttnKitApplyObserve"]
+    with pytest.raises(attnkit.UnsupportedModelError, match="this MODEL is a Flux"):
+        node().apply(model, targets, **host.node_defaults("AttnKitApplyObserve"))
