@@ -189,8 +189,9 @@ class Session:
         """``WrappersMP.SAMPLER_SAMPLE`` wrapper: one :class:`HostRun` per sampling run."""
         schedule = [float(s) for s in sigmas.flatten()]
         model_options = (extra_args or {}).get("model_options", {})
-        sampler = getattr(getattr(executor, "class_obj", None), "sampler_function", None)
-        sampler_name = getattr(sampler, "__name__", "") or ""
+        ksampler = getattr(executor, "class_obj", None)
+        sampler_name = getattr(getattr(ksampler, "sampler_function", None), "__name__", "") or ""
+        corrector = corrector_at_next_sigma(sampler_name, getattr(ksampler, "extra_options", None))
 
         def gradient(z, step, image):
             sigma = torch.full((1,), float(step.timestep), device=z.device, dtype=z.dtype)
@@ -199,7 +200,7 @@ class Session:
 
         run = self._make_run(len(schedule) - 1, schedule, gradient if self.latent else None)
         self._check_prompt(model_wrap, run)
-        stepper = _Stepper(model_wrap, run, schedule, sampler_name, self.latent)
+        stepper = _Stepper(model_wrap, run, schedule, corrector, self.latent)
         if self.latent and (sampler_name in _COPYING_SAMPLERS or denoise_mask is not None):
             run.report.warnings.append(
                 f"{'an inpainting mask' if denoise_mask is not None else sampler_name.replace('sample_', '')} hands "
@@ -261,27 +262,37 @@ class Session:
 #: rescales it before each call), not the latent itself
 _COPYING_SAMPLERS = {"sample_unipc", "sample_unipc_bh2"}
 #: k-diffusion samplers (``comfy/k_diffusion/sampling.py``) that, after a step's callback, evaluate the model once
-#: more at the *next* step's noise level (Heun's corrector) before the next step's own call
+#: more at the *next* step's noise level before the next step's own call: Heun's corrector, and the midpoint of the
+#: ancestral DPM2 / DPM++ 2S samplers, which at ``eta`` 1 is exactly the next noise level
+#: (``sqrt(sigma * sigma_down)`` with ``sigma_down = sigma_next**2 / sigma``)
 _CORRECTOR_AT_NEXT_SIGMA = {"sample_heun", "sample_heunpp2"}
+_MIDPOINT_AT_NEXT_SIGMA_IF_ETA_1 = {"sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral"}
+
+
+def corrector_at_next_sigma(sampler_name: str, extra_options: dict | None) -> bool:
+    """Whether this ComfyUI sampler calls the model at the next step's noise level between a step's callback and
+    the next step's own call."""
+    eta = float((extra_options or {}).get("eta", 1.0))
+    return sampler_name in _CORRECTOR_AT_NEXT_SIGMA or (sampler_name in _MIDPOINT_AT_NEXT_SIGMA_IF_ETA_1 and eta == 1.0)
 
 
 class _Stepper:
     """The sampler's model function, with the step clock and the latent-optimising methods' update.
 
     A step's own model call is the first call at that step's noise level after the sampler reported the previous
-    step (its callback): corrector calls of 2nd-order samplers (Heun at the next noise level, DPM2 and friends at a
-    midpoint) are not mistaken for the next step. At that call the run learns the step index, and the
+    step (its callback): the extra calls of 2nd-order samplers (DPM2 and DPM++ SDE at a midpoint noise level; Heun,
+    and ancestral DPM2/DPM++ 2S at eta 1, at exactly the next step's) are not mistaken for the next step. At that call the run learns the step index, and the
     latent-optimising methods update the sampler's latent in place (``z_t <- z_t - a_t grad L`` on the
     DDPM-scaled latent), so the step proceeds from the updated one.
     """
 
-    def __init__(self, inner, run: HostRun, schedule: list[float], sampler_name: str, optimise: bool):
+    def __init__(self, inner, run: HostRun, schedule: list[float], corrector: bool, optimise: bool):
         self.inner = inner
         self.run = run
         self.schedule = schedule
         self.count = max(len(schedule) - 1, 1)
         self.optimise = optimise and bool(run.updaters)
-        self.corrector = sampler_name in _CORRECTOR_AT_NEXT_SIGMA
+        self.corrector = corrector
         self.step = 0  # the step whose own call comes next
         self.pending = True
         self.skip = False
@@ -309,8 +320,8 @@ class _Stepper:
         if not self.pending or self.step >= self.count:
             return False
         expected = self.schedule[self.step]
-        if sigma < expected * (1 - 1e-4) - 1e-6:
-            return False  # a midpoint call between this step and the next
+        if abs(sigma - expected) > 1e-4 * expected + 1e-6:
+            return False  # a midpoint call (DPM2, DPM++ 2S/SDE) of the step before
         if self.skip:
             self.skip = False
             return False

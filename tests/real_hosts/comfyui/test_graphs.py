@@ -83,6 +83,7 @@ SAMPLERS = [  # (method, sampler, scheduler): every sampler and scheduler the is
     ("attend_excite", "dpmpp_2m", "sgm_uniform"),
     ("attend_excite", "uni_pc", "simple"),
     ("attend_excite", "ddim", "normal"),
+    ("attend_excite", "dpm_2", "karras"),  # a midpoint call after each step's callback
     ("a_star", "euler", "karras"),
     ("a_star", "dpmpp_2m", "simple"),
     ("a_star", "heun", "normal"),
@@ -110,10 +111,11 @@ def test_latent_methods_under_comfyui_samplers(executor, caplog, method, sampler
     assert all(p.is_inference() for p in model.model.diffusion_model.parameters())
 
 
-def test_heun_updates_each_step_once_at_the_steps_own_call(executor):
-    """Heun calls the model twice a step (its corrector at the next step's noise level): the update happens at
-    each step's own call only, and the report counts every step."""
-    g = host.with_method(host.base_graph(sampler="heun", steps=4, seed=5), APPLY["attend_excite"],
+@pytest.mark.parametrize("sampler", ["heun", "dpm_2"])
+def test_second_order_samplers_update_each_step_once_at_its_own_call(executor, sampler):
+    """Heun and DPM2 call the model twice a step (Heun's corrector at the next step's noise level, DPM2's at a
+    midpoint): the update happens at each step's own call only, and the report counts every step."""
+    g = host.with_method(host.base_graph(sampler=sampler, steps=4, seed=5), APPLY["attend_excite"],
                          max_iter_to_alter=4)
     run_ok(executor, g)
     report = _session_of(executor, "attnkit").last_report
@@ -358,3 +360,73 @@ def test_a_flux_model_is_refused_at_the_apply_node(executor):
     node = nodes.NODE_CLASS_MAPPINGS["AttnKitApplyObserve"]
     with pytest.raises(attnkit.UnsupportedModelError, match="this MODEL is a Flux"):
         node().apply(model, targets, **host.node_defaults("AttnKitApplyObserve"))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2m",
+                                     "dpmpp_2s_ancestral", "lms", "dpmpp_sde"])
+def test_the_update_lands_on_the_latent_each_step_starts_from(comfy, sampler):
+    """ComfyUI's own sampler functions (``comfy/k_diffusion/sampling.py``, behind ``KSamplerX0Inpaint``) driven
+    through attnkit's step clock: each step's update is written into exactly the tensor the sampler then reports
+    as that step's latent (its callback's ``x``), once per step, never into a corrector's or midpoint's input."""
+    import comfy.k_diffusion.sampling as k
+    import comfy.samplers
+
+    from attnkit.comfyui import _Stepper, corrector_at_next_sigma
+
+    class Run:  # what _Stepper asks of a HostRun: a step clock, the updaters and their update
+        def __init__(self):
+            self.updaters = [self]
+            self.updated_ids, self.steps = {}, []
+            self.report = type("R", (), {"warnings": []})()
+
+        def acts_at(self, step):
+            return True
+
+        def set_step(self, index, count):
+            self.steps.append(index)
+
+        def update_latents(self, z, step):
+            return z + 0.0
+
+    import comfy.model_sampling
+
+    class Sampling(comfy.model_sampling.EPS, comfy.model_sampling.ModelSamplingDiscrete):
+        pass
+
+    class Base(torch.nn.Module):  # what the samplers read of the model: its noise schedule
+        def __init__(self):
+            super().__init__()
+            self.model_sampling = Sampling()
+
+    class Model:  # the guider (CFGGuider's attributes the samplers read), a denoiser that pulls towards zero
+        inner_model = Base()
+        model_patcher = type("Patcher", (), {"get_model_object": lambda self, name: Model.inner_model.model_sampling})()
+
+        def __call__(self, x, sigma, **kwargs):
+            return x * 0.5
+
+    run = Run()
+    sigmas = torch.tensor([14.6, 7.0, 3.0, 1.0, 0.0])
+    stepper = _Stepper(Model(), run, [float(s) for s in sigmas], corrector_at_next_sigma(f"sample_{sampler}", {}),
+                       optimise=True)
+    seen = {}
+    original = stepper._update
+
+    def record(x, sigma):
+        seen.setdefault(stepper.step, []).append(id(x))
+        original(x, sigma)
+
+    stepper._update = record
+    reported = {}
+
+    def callback(d):
+        reported[d["i"]] = id(d["x"])
+        stepper.stepped(d["i"])
+
+    model_k = comfy.samplers.KSamplerX0Inpaint(stepper, sigmas)
+    x = torch.randn(1, 4, 8, 8) * 14.6
+    getattr(k, f"sample_{sampler}")(model_k, x, sigmas, extra_args={"denoise_mask": None, "seed": 0},
+                                    callback=callback, disable=True)
+    assert sorted(seen) == [0, 1, 2, 3]
+    assert all(len(ids) == 1 for ids in seen.values()), seen
+    assert {i: ids[0] for i, ids in seen.items()} == reported
