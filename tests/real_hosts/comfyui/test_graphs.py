@@ -276,9 +276,10 @@ def test_words_of_a_longer_prompt_with_the_same_start_are_fine(executor):
     run_ok(executor, g)
 
 
-def test_a_prompt_that_arrives_by_link_is_checked_at_sampling(executor, caplog):
-    """When the sampler's text comes through a link the graph cannot be read for it, the conditioning itself is
-    compared at sampling, and a mismatch is said in the log."""
+def test_conditioning_the_graph_cannot_read_is_checked_at_sampling(executor, caplog):
+    """When the sampler's conditioning does not come straight from a CLIP Text Encode with typed text (here it
+    passes through another node), the conditioning itself is compared with the Words text's at sampling, and a
+    mismatch is said in the log."""
     g = host.with_method(host.base_graph(), APPLY["observe"])
     g["pos"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["pos_inner", 0]}}
     g["pos_inner"] = {"class_type": "CLIPTextEncode", "inputs": {"text": host.PROMPT, "clip": ["ckpt", 1]}}

@@ -110,3 +110,21 @@ def test_ui_workflows_name_slots_as_the_nodes_do(comfy, name):
         declared = {**spec.get("required", {}), **spec.get("optional", {})}
         for slot in node.get("inputs", []):
             assert slot["name"] in declared, (name, node["type"], slot["name"])
+
+
+@pytest.mark.parametrize("prompt", ["a red car and a white sheep", "A photo of a Dog, and a cat-dog!! 3d render",
+                                    "the dog's ball   over  there", "café ünïcode naïve", "photorealistic unrealengine"])
+def test_words_sit_where_the_slow_comfyui_tokenizer_puts_them(comfy, prompt):
+    """ComfyUI's CLIP tokenizer (``comfy/sd1_tokenizer``, the slow Python one under transformers 4.x) gives every
+    word the positions the fast tokenizer built from the same files gives it."""
+    from transformers import CLIPTokenizer, CLIPTokenizerFast
+
+    from attnkit.tokens import TokenMap
+
+    files = os.path.join(host.COMFY, "comfy", "sd1_tokenizer")
+    slow, fast = CLIPTokenizer.from_pretrained(files), CLIPTokenizerFast.from_pretrained(files)
+    assert not slow.is_fast
+    a, b = TokenMap(prompt, slow, 77), TokenMap(prompt, fast, 77)
+    assert a.ids == b.ids and a.word_list() == b.word_list()
+    for word in b.word_list():
+        assert a.find(word).positions == b.find(word).positions
