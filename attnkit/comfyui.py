@@ -9,10 +9,14 @@ ComfyUI objects come in as arguments (the MODEL's ``ModelPatcher``, the ``CLIP``
   transformer block (a replace another pack put there is wrapped and still computes that block's output), and a
   ``SAMPLER_SAMPLE`` wrapper that gives every sampling run a fresh :class:`~attnkit.hostkernel.HostRun`.
 - Latent-optimising methods (``attend_excite``, ``a_star``): the wrapper hands the sampler a proxy of its model
-  function that, at the first model call of each step, leaves inference mode, runs the methods' gradient passes
-  through ComfyUI's own conditional forward, and writes the updated latent into the sampler's latent in place, so
-  the step proceeds from it (the paper's ``z_t <- z_t - a_t grad L``). The loss is taken with respect to the
-  DDPM-scaled latent ``z = x / sqrt(1 + sigma^2)``, so step sizes mean what they mean in the paper and in diffusers.
+  function that, at each step's own model call (:class:`_Stepper`: not a 2nd-order sampler's extra calls), leaves
+  inference mode, runs the methods' gradient passes through ComfyUI's own conditional forward, and writes the
+  updated latent into the sampler's latent in place, so the step proceeds from it (the paper's
+  ``z_t <- z_t - a_t grad L``). The loss is taken with respect to the DDPM-scaled latent ``z = x / sqrt(1 + sigma^2)``,
+  so step sizes mean what they mean in the paper and in diffusers. ComfyUI loads weights as inference tensors;
+  :func:`autograd_weights` lends the pass storage-sharing ordinary views of them (no copy).
+- A :class:`Session` is shared by every copy of the patched MODEL (``clone()`` deep-copies the patches), and
+  :func:`check_graph` checks at the Apply node what the API graph already tells (image sizes, encoded prompts).
 """
 
 from __future__ import annotations
@@ -143,7 +147,11 @@ class Session:
         if self.latent and calc_cond_batch is None:
             raise UnsupportedModelError("this ComfyUI has no conditional forward for gradient passes")
         # a run made now checks the words and options before any sampling (errors show on the Apply node)
-        self._make_run(steps=1, schedule=None)
+        self.trial_run()
+
+    def trial_run(self) -> HostRun:
+        """A run that samples nothing: it checks words and settings, and (``bind_latent``) an image size."""
+        return self._make_run(steps=1, schedule=None)
 
     def _make_run(self, steps, schedule, gradient=None) -> HostRun:
         placeholder = (lambda *a: None) if self.latent and gradient is None else gradient
@@ -467,9 +475,9 @@ def check_graph(session: "Session", found: list[Downstream]) -> None:
     targets = session.targets
     for d in found:
         if d.latent_hw is not None:
-            run = session._make_run(steps=1, schedule=None)
+            run = session.trial_run()
             try:
-                run._bind({"original_shape": [1, 4, *d.latent_hw]})
+                run.bind_latent(d.latent_hw)
             except AttnKitError as e:
                 h, w = d.latent_hw
                 raise AttnKitError(f"{session.label}: at the {w * 8}x{h * 8} image of {d.title} (node {d.node}): "

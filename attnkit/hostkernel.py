@@ -279,6 +279,11 @@ class HostRun:
                 c.begin_step(self.step)
         return self.step
 
+    def bind_latent(self, latent_hw: tuple[int, int]) -> None:
+        """Place the layers on a ``(h, w)`` latent now (what the first denoiser call does): raises the methods'
+        errors for this size (a map resolution the image cannot serve) before any sampling."""
+        self._bind({"original_shape": [1, 4, int(latent_hw[0]), int(latent_hw[1])]})
+
     def _bind(self, extra_options: dict) -> None:
         shape = extra_options.get("original_shape")
         if shape is None:
