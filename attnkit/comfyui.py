@@ -69,11 +69,16 @@ class Targets:
         return self._encoding
 
 
+#: the CLIP tokenizers of ComfyUI's CLIP objects, in the order their positions are read: SD 1.x ``clip_l``, SD 2.x
+#: ``clip_h`` (OpenCLIP ViT-H, same BPE), SDXL ``clip_l`` whose positions ``clip_g`` shares
+CLIP_NAMES = ("l", "h", "g")
+
+
 def clip_tokenizer(clip):
-    """The ``transformers`` CLIP tokenizer of a ComfyUI ``CLIP`` (SD 1.x: ``clip_l``; SDXL: ``clip_l`` too, whose
-    positions ``clip_g`` shares)."""
+    """The ``transformers`` CLIP tokenizer of a ComfyUI ``CLIP`` (``comfy/sd1_clip.py``'s ``SD1Tokenizer`` holds it
+    as ``clip_<name>``; see :data:`CLIP_NAMES`)."""
     tok = getattr(clip, "tokenizer", None)
-    for name in ("clip_l", "clip_g"):
+    for name in (f"clip_{n}" for n in CLIP_NAMES):
         inner = getattr(getattr(tok, name, None), "tokenizer", None)
         if inner is not None:
             return inner
@@ -105,11 +110,15 @@ def targets(clip, text: str, words: str | list[str]) -> Targets:
 
 
 def _comfy_ids(tokens) -> list[int] | None:
-    """Token ids of the first chunk of ``clip.tokenize(...)`` (``{"l": [[(id, weight), ...], ...]}``)."""
+    """Token ids of the first chunk of ``clip.tokenize(...)`` (``{"l": [[(id, weight), ...], ...]}``, ``"h"`` for
+    SD 2.x)."""
     try:
-        chunk = tokens["l"][0] if isinstance(tokens, dict) else tokens[0]
+        if isinstance(tokens, dict):
+            chunk = tokens[next(n for n in CLIP_NAMES if n in tokens)][0]
+        else:
+            chunk = tokens[0]
         return [int(t[0]) for t in chunk]
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, StopIteration):
         return None
 
 

@@ -36,10 +36,15 @@ UNET = {
     "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1],
     "use_temporal_attention": False, "use_temporal_resblock": False,
 }
+#: an SD 2.x-shaped checkpoint: what ComfyUI's detection requires of SD 2.x (model_channels 320, context_dim 1024,
+#: linear projections in the transformers: ``supported_models.SD20``) around the same three-level UNet, with heads of
+#: 64 channels, and SD 2.x's full OpenCLIP ViT-H text encoder (its positions come from ``clip_h``)
+UNET_SD2 = {**UNET, "context_dim": 1024, "use_linear_in_transformer": True, "num_heads": -1, "num_head_channels": 64}
 #: SD 1.x's VAE (``comfy/sd.py``'s default SD 1.x/2.x config)
 VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
        "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-CHECKPOINT = "attnkit-test-sd15-v1.safetensors"
+CHECKPOINTS = {"sd15": ("attnkit-test-sd15-v1.safetensors", "SD15", UNET),
+               "sd2": ("attnkit-test-sd2-v1.safetensors", "SD20", UNET_SD2)}
 
 
 class Messages:
@@ -152,9 +157,10 @@ def _init_weights(module, seed: int):
                 p.fill_(1.0)
 
 
-def checkpoint() -> str:
-    """The test checkpoint's name in ComfyUI's ``checkpoints`` folder; built with ComfyUI's own model classes and
-    written as ComfyUI's CheckpointSave writes one (``state_dict_for_saving``), kept in the cache (fp16)."""
+def checkpoint(kind: str = "sd15") -> str:
+    """The name, in ComfyUI's ``checkpoints`` folder, of a test checkpoint (``"sd15"`` or ``"sd2"``, see
+    :data:`CHECKPOINTS`); built with ComfyUI's own model classes and written as ComfyUI's CheckpointSave writes one
+    (``state_dict_for_saving``), kept in the cache (fp16)."""
     boot()
     import torch
 
@@ -165,11 +171,12 @@ def checkpoint() -> str:
     import comfy.utils
     import folder_paths
 
+    name, config_name, unet = CHECKPOINTS[kind]
     folder = os.path.join(CACHE, "checkpoints")
-    path = os.path.join(folder, CHECKPOINT)
+    path = os.path.join(folder, name)
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
-        config = comfy.supported_models.SD15(dict(UNET))
+        config = getattr(comfy.supported_models, config_name)(dict(unet))
         model = config.get_model({}, "model.diffusion_model.", device=torch.device("cpu"))
         model.diffusion_model.to(torch.float32)
         _init_weights(model.diffusion_model, 0)
@@ -186,7 +193,7 @@ def checkpoint() -> str:
         comfy.model_management.soft_empty_cache()
     if folder not in folder_paths.get_folder_paths("checkpoints"):
         folder_paths.add_model_folder_path("checkpoints", folder)
-    return CHECKPOINT
+    return name
 
 
 @dataclass
@@ -269,11 +276,12 @@ PROMPT = "a red car and a white sheep"
 
 
 def base_graph(*, prompt=PROMPT, negative="", seed=0, steps=4, cfg=7.5, sampler="euler", scheduler="normal",
-               width=128, height=128, batch=1, words_prompt=None, words="car, sheep", save=True) -> dict:
+               width=128, height=128, batch=1, words_prompt=None, words="car, sheep", save=True,
+               model="sd15") -> dict:
     """Checkpoint -> CLIP Text Encode (+/-) -> Empty Latent -> KSampler -> VAE Decode -> Save Image, plus an
     AttnKit Words node (not wired to anything yet: :func:`with_method` wires it)."""
     g = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint()}},
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint(model)}},
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["ckpt", 1]}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["ckpt", 1]}},
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},

@@ -431,3 +431,19 @@ def test_the_update_lands_on_the_latent_each_step_starts_from(comfy, sampler):
     assert sorted(seen) == [0, 1, 2, 3]
     assert all(len(ids) == 1 for ids in seen.values()), seen
     assert {i: ids[0] for i, ids in seen.items()} == reported
+
+
+def test_sd2_checkpoints_run_every_method(executor):
+    """An SD 2.x checkpoint (OpenCLIP ViT-H text encoder: ComfyUI tokenises with ``clip_h``; linear transformer
+    projections; fp32 attention precision): observe leaves the image bit-identical and reads both words,
+    structured and Attend-and-Excite change it, and a missing word is named at the Words node."""
+    base = host.base_graph(model="sd2", seed=14)
+    plain = run_ok(executor, base).image()
+    np.testing.assert_array_equal(run_ok(executor, host.with_method(base, APPLY["observe"])).image(), plain)
+    assert set(executor.output("attnkit", 1).last_report.methods["observe"].maps) == {"car", "sheep"}
+    assert differs(run_ok(executor, host.with_method(base, APPLY["structured"])).image(), plain) > CHANGED
+    ae = host.with_method(base, APPLY["attend_excite"], max_iter_to_alter=3)
+    assert differs(run_ok(executor, ae).image(), plain) > CHANGED
+    bad = host.with_method(host.base_graph(model="sd2", words="giraffe"), APPLY["observe"])
+    result = executor.run(bad)
+    assert not result.ok and result.error["node_type"] == "AttnKitWords" and "giraffe" in result.error["exception_message"]

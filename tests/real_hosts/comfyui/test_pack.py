@@ -64,19 +64,21 @@ def test_parser_choices_are_what_is_installed(comfy):
         assert f"pip install" in options["tooltip"] and missing in options["tooltip"]
 
 
-def test_the_checkpoint_is_sd15_to_comfyui_and_loads_as_inference_tensors(comfy):
-    """ComfyUI's detection calls the test checkpoint SD 1.5; loaded as the executor loads it (under
-    inference_mode), its weights are inference tensors: what made gradient passes fail."""
+@pytest.mark.parametrize("kind,config,clip_name", [("sd15", "SD15", "clip_l"), ("sd2", "SD20", "clip_h")])
+def test_the_checkpoints_are_what_comfyui_detects_and_load_as_inference_tensors(comfy, kind, config, clip_name):
+    """ComfyUI's detection calls the test checkpoints SD 1.5 and SD 2.x; loaded as the executor loads them (under
+    inference_mode), their weights are inference tensors: what made gradient passes fail."""
     import comfy.sd
     import folder_paths
 
-    path = folder_paths.get_full_path_or_raise("checkpoints", host.checkpoint())
+    path = folder_paths.get_full_path_or_raise("checkpoints", host.checkpoint(kind))
     with torch.inference_mode():
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path)[:4]
-    assert type(model.model.model_config).__name__ == "SD15"
+    assert type(model.model.model_config).__name__ == config
     assert type(model.model).__name__ == "BaseModel"
     assert next(model.model.diffusion_model.parameters()).is_inference()
-    assert not type(clip.tokenizer.clip_l.tokenizer).__name__.endswith("Fast")  # the slow tokenizer nodes get
+    tokenizer = getattr(clip.tokenizer, clip_name).tokenizer
+    assert not type(tokenizer).__name__.endswith("Fast")  # the slow tokenizer nodes get
 
 
 def test_a_plain_graph_is_bit_identical_with_and_without_the_pack(executor, tmp_path):
