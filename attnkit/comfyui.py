@@ -219,11 +219,12 @@ class Session:
         self._check_prompt(model_wrap, run)
         stepper = _Stepper(model_wrap, run, schedule, corrector, self.latent)
         if self.latent and (sampler_name in _COPYING_SAMPLERS or denoise_mask is not None):
+            what = "a noise mask (inpainting)" if denoise_mask is not None else sampler_name.replace("sample_", "")
+            fix = ("" if denoise_mask is not None else
+                   "; euler, euler_ancestral, heun, dpmpp_2m or ddim apply it in full")
             run.report.warnings.append(
-                f"{'an inpainting mask' if denoise_mask is not None else sampler_name.replace('sample_', '')} hands "
-                "the model a copy of the sampler's latent, so the latent update reaches each step's noise prediction "
-                "but not the sampler's own latent (weaker than the paper's update); euler, euler_ancestral, heun, "
-                "dpmpp_2m or ddim apply it in full"
+                f"{what} hands the model a copy of the sampler's latent, so the latent update reaches each step's "
+                f"noise prediction but not the sampler's own latent (weaker than the paper's update){fix}"
             )
 
         def on_step(*args):

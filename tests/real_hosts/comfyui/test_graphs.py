@@ -447,3 +447,56 @@ def test_sd2_checkpoints_run_every_method(executor):
     bad = host.with_method(host.base_graph(model="sd2", words="giraffe"), APPLY["observe"])
     result = executor.run(bad)
     assert not result.ok and result.error["node_type"] == "AttnKitWords" and "giraffe" in result.error["exception_message"]
+
+
+def _advanced(g):
+    i = g["sampler"]["inputs"]
+    g["sampler"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        "model": i["model"], "add_noise": "enable", "noise_seed": 21, "steps": 6, "cfg": 7.5, "sampler_name": "euler",
+        "scheduler": "normal", "positive": i["positive"], "negative": i["negative"], "latent_image": i["latent_image"],
+        "start_at_step": 2, "end_at_step": 5, "return_with_leftover_noise": "disable"}}
+    return g
+
+
+def _custom(g):
+    i = g["sampler"]["inputs"]
+    g["select"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}}
+    g["sigmas"] = {"class_type": "BasicScheduler", "inputs": {"model": i["model"], "scheduler": "karras", "steps": 4,
+                                                              "denoise": 1.0}}
+    g["sampler"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": i["model"], "add_noise": True, "noise_seed": 21, "cfg": 7.5, "positive": i["positive"],
+        "negative": i["negative"], "sampler": ["select", 0], "sigmas": ["sigmas", 0], "latent_image": i["latent_image"]}}
+    return g
+
+
+def _img2img(g, mask=False):
+    g["image"] = {"class_type": "EmptyImage", "inputs": {"width": 128, "height": 128, "batch_size": 1,
+                                                         "color": 8421504}}
+    g["encode"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}}
+    g["sampler"]["inputs"].update(latent_image=["encode", 0], denoise=0.6)
+    if mask:
+        g["mask"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 128, "height": 128}}
+        g["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["encode", 0], "mask": ["mask", 0]}}
+        g["sampler"]["inputs"]["latent_image"] = ["masked", 0]
+    return g
+
+
+@pytest.mark.parametrize("shape", ["ksampler_advanced", "sampler_custom", "batch_2", "img2img", "inpaint_mask"])
+def test_attend_and_excite_in_the_graphs_users_build(executor, caplog, shape):
+    """KSamplerAdvanced over part of a schedule, SamplerCustom with a sampler and a scheduler node, a batch of two,
+    img2img and inpainting with a noise mask: each runs, the method changes the image against the same graph
+    without it, and only the noise mask draws the warning that the update is weaker there."""
+    build = {"ksampler_advanced": _advanced, "sampler_custom": _custom, "batch_2": lambda g: g,
+             "img2img": _img2img, "inpaint_mask": lambda g: _img2img(g, mask=True)}[shape]
+    base = build(host.base_graph(seed=21, batch=2 if shape == "batch_2" else 1))
+    plain = run_ok(executor, base)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        result = run_ok(executor, host.with_method(base, APPLY["attend_excite"], max_iter_to_alter=3))
+    for a, b in zip(result.images["save"], plain.images["save"]):
+        assert differs(a, b) > CHANGED
+    said = attnkit_warnings(caplog)
+    if shape == "inpaint_mask":
+        assert len(said) == 1 and "noise mask" in said[0] and "euler" not in said[0], said
+    else:
+        assert said == [], said
