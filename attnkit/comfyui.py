@@ -142,8 +142,9 @@ class Session:
     """
 
     def __init__(self, methods, targets: Targets, family: str, blocks, calc_cond_batch: Callable | None = None,
-                 fallback: Callable | None = None, label: str = "AttnKit"):
+                 fallback: Callable | None = None, label: str = "AttnKit", interrupted: Callable | None = None):
         self.label = label
+        self.interrupted = interrupted
         self.methods = list(methods)
         self.targets = targets
         self.family = family
@@ -211,6 +212,8 @@ class Session:
         corrector = corrector_at_next_sigma(sampler_name, getattr(ksampler, "extra_options", None))
 
         def gradient(z, step, image):
+            if self.interrupted is not None:  # Cancel in ComfyUI stops between gradient passes, not after the step
+                self.interrupted()
             sigma = torch.full((1,), float(step.timestep), device=z.device, dtype=z.dtype)
             x = z * (1 + sigma**2).sqrt()
             self.calc_cond_batch(model_wrap.inner_model, [model_wrap.conds["positive"]], x, sigma, model_options)
@@ -507,7 +510,8 @@ def check_graph(session: "Session", found: list[Downstream]) -> None:
 
 
 def apply(model, targets: Targets, methods, *, sampler_wrapper_type=None, calc_cond_batch=None, label="AttnKit",
-          prompt: dict | None = None, node_id=None, attention: Callable | None = None) -> tuple[Any, Session]:
+          prompt: dict | None = None, node_id=None, attention: Callable | None = None,
+          interrupted: Callable | None = None) -> tuple[Any, Session]:
     """A patched clone of ``model`` (a ComfyUI ``ModelPatcher``) running ``methods``; ``model`` is untouched.
 
     Args:
@@ -518,13 +522,15 @@ def apply(model, targets: Targets, methods, *, sampler_wrapper_type=None, calc_c
             (image sizes, encoded prompts) here instead of at the sampler (see :func:`check_graph`).
         attention: ComfyUI's own attention ``(q, k, v, heads, extra_options) -> out``, used wherever no method
             changes the result, so that those layers compute exactly what ComfyUI computes without the pack.
+        interrupted: ``comfy.model_management.throw_exception_if_processing_interrupted``, called before each
+            gradient pass so that Cancel stops a latent-optimising step at once.
     """
     if not methods:
         raise AttnKitError("no method to apply")
     family = family_of_model(model)
     blocks = unet_blocks(model.model.diffusion_model)
     session = Session(methods, targets, family, blocks, calc_cond_batch=calc_cond_batch, label=label,
-                      fallback=attention)
+                      fallback=attention, interrupted=interrupted)
     check_graph(session, downstream(prompt, node_id))
     clone = model.clone()
     install_patches(session, clone, [key for key, _ in blocks])

@@ -153,9 +153,12 @@ def _attention(q, k, v, heads, extra_options=None):
 
 
 def _apply(model, targets, methods, label, prompt=None, unique_id=None):
+    from comfy.model_management import throw_exception_if_processing_interrupted
+
     wrapper_type, calc_cond_batch = _comfy()
     return comfyui.apply(model, targets, methods, sampler_wrapper_type=wrapper_type, calc_cond_batch=calc_cond_batch,
-                         label=label, prompt=prompt, node_id=unique_id, attention=_attention)
+                         label=label, prompt=prompt, node_id=unique_id, attention=_attention,
+                         interrupted=throw_exception_if_processing_interrupted)
 
 
 #: the graph and the node's id, which ComfyUI passes to nodes that ask (to check image sizes and prompts there)

@@ -131,7 +131,41 @@ class OtherPackAttention:
         return (clone,)
 
 
-NODE_CLASS_MAPPINGS = {"OtherPackAttention": OtherPackAttention}
+class CancelInGradientPass:
+    """Presses Cancel (as the queue's Cancel button does) from inside the first gradient pass through the model."""
+
+    CATEGORY = "tests"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    GRAD_CALLS = []  # calls made with autograd on, after Cancel
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    def patch(self, model):
+        import torch
+        import comfy.model_management
+
+        fired = []
+        CancelInGradientPass.GRAD_CALLS.clear()
+
+        def cancel(q, k, v, extra_options):
+            if torch.is_grad_enabled():
+                if fired:
+                    CancelInGradientPass.GRAD_CALLS.append(extra_options["block"])
+                else:
+                    fired.append(True)
+                    comfy.model_management.interrupt_current_processing(True)
+            return replace(q, k, v, extra_options)
+
+        clone = OtherPackAttention().patch(model, "block_index")[0]
+        for key in list(clone.model_options["transformer_options"]["patches_replace"]["attn2"]):
+            clone.set_model_attn2_replace(cancel, *key)
+        return (clone,)
+
+
+NODE_CLASS_MAPPINGS = {"OtherPackAttention": OtherPackAttention, "CancelInGradientPass": CancelInGradientPass}
 '''
 
 

@@ -500,3 +500,22 @@ def test_attend_and_excite_in_the_graphs_users_build(executor, caplog, shape):
         assert len(said) == 1 and "noise mask" in said[0] and "euler" not in said[0], said
     else:
         assert said == [], said
+
+
+def test_cancel_stops_a_latent_method_between_gradient_passes(executor):
+    """Cancel pressed during Attend-and-Excite's iterative refinement (up to 20 gradient passes at one step) stops
+    the run before the next gradient pass, not after the step: at most the pass under way finishes."""
+    import sys
+
+    other = sys.modules[[m for m in sys.modules if m.endswith("other_attention_pack")][0]]
+    base = host.base_graph(seed=15)
+    base["cancel"] = {"class_type": "CancelInGradientPass", "inputs": {"model": ["ckpt", 0]}}
+    g = host.with_method(base, APPLY["attend_excite"], model_from=("cancel", 0), thresholds='{"0": 0.999}',
+                         max_refinement_steps=20)
+    result = executor.run(g)
+    assert not result.ok
+    assert any(event == "execution_interrupted" for event, _ in result.messages)
+    from attnkit.hostkernel import unet_blocks
+
+    blocks = len(unet_blocks(executor.output("ckpt", 0).model.diffusion_model))  # one pass calls each at most once
+    assert len(other.CancelInGradientPass.GRAD_CALLS) < blocks, other.CancelInGradientPass.GRAD_CALLS
