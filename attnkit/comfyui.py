@@ -279,6 +279,8 @@ class Session:
         )
 
 
+#: torch's out-of-memory error (``torch.OutOfMemoryError`` from torch 2.5, ``torch.cuda.OutOfMemoryError`` before)
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 #: ComfyUI samplers whose model calls get a copy of the sampler's latent (``comfy/extra_samplers/uni_pc.py``
 #: rescales it before each call), not the latent itself
 _COPYING_SAMPLERS = {"sample_unipc", "sample_unipc_bh2"}
@@ -302,9 +304,9 @@ class _Stepper:
 
     A step's own model call is the first call at that step's noise level after the sampler reported the previous
     step (its callback): the extra calls of 2nd-order samplers (DPM2 and DPM++ SDE at a midpoint noise level; Heun,
-    and ancestral DPM2/DPM++ 2S at eta 1, at exactly the next step's) are not mistaken for the next step. At that call the run learns the step index, and the
-    latent-optimising methods update the sampler's latent in place (``z_t <- z_t - a_t grad L`` on the
-    DDPM-scaled latent), so the step proceeds from the updated one.
+    and ancestral DPM2/DPM++ 2S at eta 1, at exactly the next step's) are not mistaken for the next step. At that
+    call the run learns the step index, and the latent-optimising methods update the sampler's latent in place
+    (``z_t <- z_t - a_t grad L`` on the DDPM-scaled latent), so the step proceeds from the updated one.
     """
 
     def __init__(self, inner, run: HostRun, schedule: list[float], corrector: bool, optimise: bool):
@@ -364,12 +366,12 @@ class _Stepper:
             with torch.inference_mode(False), torch.enable_grad(), autograd_weights(self.inner.inner_model):
                 z = x.detach().clone() / scale
                 updated = self.run.update_latents(z, step) * scale
-        except AttnKitError:
+        except (AttnKitError, _OUT_OF_MEMORY):  # ComfyUI reports running out of memory itself
             raise
         except RuntimeError as e:
             names = ", ".join(c.method.id for c in self.run.updaters)
-            raise AttnKitError(f"AttnKit ({names}): the gradient pass through ComfyUI's model failed at step "
-                               f"{self.step + 1}: {e}") from e
+            raise AttnKitError(f"the gradient pass of {names} through ComfyUI's model failed at step "
+                               f"{self.step + 1}: {e}") from e  # the sampler wrapper prefixes the Apply node
         with torch.inference_mode(x.is_inference()), torch.no_grad():
             x.copy_(updated.to(x.dtype))  # the sampler's own latent: the step proceeds from the updated one
         self.updated.append(self.step)

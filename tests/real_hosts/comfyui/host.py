@@ -132,7 +132,8 @@ class OtherPackAttention:
 
 
 class CancelInGradientPass:
-    """Presses Cancel (as the queue's Cancel button does) from inside the first gradient pass through the model."""
+    """Presses Cancel (as the queue's Cancel button does) from inside the first gradient pass through the model, or
+    (``fail``) raises there, as a broken patch or a kernel error would."""
 
     CATEGORY = "tests"
     RETURN_TYPES = ("MODEL",)
@@ -141,9 +142,9 @@ class CancelInGradientPass:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",)}}
+        return {"required": {"model": ("MODEL",), "what": (["cancel", "fail"],)}}
 
-    def patch(self, model):
+    def patch(self, model, what):
         import torch
         import comfy.model_management
 
@@ -154,6 +155,8 @@ class CancelInGradientPass:
             if torch.is_grad_enabled():
                 if fired:
                     CancelInGradientPass.GRAD_CALLS.append(extra_options["block"])
+                elif what == "fail":
+                    raise RuntimeError("a kernel failed in the gradient pass")
                 else:
                     fired.append(True)
                     comfy.model_management.interrupt_current_processing(True)

@@ -509,7 +509,7 @@ def test_cancel_stops_a_latent_method_between_gradient_passes(executor):
 
     other = sys.modules[[m for m in sys.modules if m.endswith("other_attention_pack")][0]]
     base = host.base_graph(seed=15)
-    base["cancel"] = {"class_type": "CancelInGradientPass", "inputs": {"model": ["ckpt", 0]}}
+    base["cancel"] = {"class_type": "CancelInGradientPass", "inputs": {"model": ["ckpt", 0], "what": "cancel"}}
     g = host.with_method(base, APPLY["attend_excite"], model_from=("cancel", 0), thresholds='{"0": 0.999}',
                          max_refinement_steps=20)
     result = executor.run(g)
@@ -519,3 +519,15 @@ def test_cancel_stops_a_latent_method_between_gradient_passes(executor):
 
     blocks = len(unet_blocks(executor.output("ckpt", 0).model.diffusion_model))  # one pass calls each at most once
     assert len(other.CancelInGradientPass.GRAD_CALLS) < blocks, other.CancelInGradientPass.GRAD_CALLS
+
+
+def test_a_failing_gradient_pass_names_attnkit_and_its_node(executor):
+    """An error inside the gradient pass (here a patch raising) reaches the user as one message that names the
+    AttnKit node, the method and the step, not as a bare PyTorch error."""
+    base = host.base_graph(seed=16)
+    base["fail"] = {"class_type": "CancelInGradientPass", "inputs": {"model": ["ckpt", 0], "what": "fail"}}
+    result = executor.run(host.with_method(base, APPLY["attend_excite"], model_from=("fail", 0)))
+    assert not result.ok and result.error["node_type"] == "KSampler"
+    message = result.error["exception_message"]
+    assert message.startswith("AttnKit Apply Attend-and-Excite (node attnkit): the gradient pass of attend_excite")
+    assert "step 1" in message and "a kernel failed in the gradient pass" in message
