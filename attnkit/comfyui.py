@@ -188,7 +188,9 @@ class Session:
         def attn2_replace(q, k, v, extra_options):
             run = self.run
             if run is None:
-                return previous(q, k, v, extra_options) if previous else self.fallback(q, k, v, extra_options["n_heads"], extra_options)
+                if previous is not None:
+                    return previous(q, k, v, extra_options)
+                return self.fallback(q, k, v, extra_options["n_heads"], extra_options)
             return run.attn2_replace(q, k, v, extra_options, previous)
 
         attn2_replace.attnkit_previous = previous
@@ -299,6 +301,11 @@ def corrector_at_next_sigma(sampler_name: str, extra_options: dict | None) -> bo
     return sampler_name in _CORRECTOR_AT_NEXT_SIGMA or (sampler_name in _MIDPOINT_AT_NEXT_SIGMA_IF_ETA_1 and eta == 1.0)
 
 
+def _same_sigma(sigma: float, scheduled: float) -> bool:
+    """Whether a model call's noise level is the schedule's (up to the float32 rounding samplers apply)."""
+    return abs(sigma - scheduled) <= 1e-4 * scheduled + 1e-6
+
+
 class _Stepper:
     """The sampler's model function, with the step clock and the latent-optimising methods' update.
 
@@ -337,13 +344,12 @@ class _Stepper:
     def _is_own_call(self, sigma: float) -> bool:
         if not self.reported:  # a sampler that reports no steps: follow its noise level through the schedule
             later = [j for j in range(self.step + (0 if self.pending else 1), self.count)
-                     if abs(self.schedule[j] - sigma) <= 1e-4 * max(self.schedule[j], 1e-6)]
+                     if _same_sigma(sigma, self.schedule[j])]
             if later:
                 self.step, self.pending = later[0], True
         if not self.pending or self.step >= self.count:
             return False
-        expected = self.schedule[self.step]
-        if abs(sigma - expected) > 1e-4 * expected + 1e-6:
+        if not _same_sigma(sigma, self.schedule[self.step]):
             return False  # a midpoint call (DPM2, DPM++ 2S/SDE) of the step before
         if self.skip:
             self.skip = False
@@ -488,6 +494,7 @@ def check_graph(session: "Session", found: list[Downstream]) -> None:
     - the prompt each sampler encodes puts the picked words where AttnKit Words found them.
     """
     targets = session.targets
+    ours = TokenMap(targets.prompt, targets.tokenizer, 77).ids if targets.positions else []
     for d in found:
         if d.latent_hw is not None:
             run = session.trial_run()
@@ -499,7 +506,6 @@ def check_graph(session: "Session", found: list[Downstream]) -> None:
                                    f"{e}") from e
         if d.text is not None and targets.positions:
             theirs = TokenMap(strip_weights(d.text), targets.tokenizer, 77).ids
-            ours = TokenMap(targets.prompt, targets.tokenizer, 77).ids
             wrong = [w for w, where in targets.positions.items()
                      if any(p >= len(theirs) or theirs[p] != ours[p] for p in where)]
             if wrong:

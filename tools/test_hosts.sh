@@ -39,6 +39,9 @@ mkdir -p "$cache"
 venv="$cache/comfyui-venv"
 python=${PYTHON:-python3}
 
+#: the transformers ComfyUI v0.3.64 was installed with (see above); held when the pack's requirements install too
+transformers_pin="transformers<5"
+
 quiet() {  # run a pip command without the registry mirror's "Location ... is ignored" lines
   "$@" 2>&1 | { grep -v "is ignored" || true; } >&2
   return "${PIPESTATUS[0]}"
@@ -56,7 +59,7 @@ if [ "$(cat "$venv/.attnkit-setup" 2>/dev/null)" != "$want" ]; then
   # ComfyUI's requirements less torchvision/torchaudio (see above), spandrel and the frontend packages
   grep -vE '^\s*(#|$)|^(torch|torchvision|torchaudio|spandrel|comfyui-frontend-package|comfyui-workflow-templates|comfyui-embedded-docs)\b' \
     "$host/requirements.txt" > "$cache/comfyui-requirements.txt"
-  "${pip[@]}" torch "transformers<5" -r "$cache/comfyui-requirements.txt" pytest
+  "${pip[@]}" torch "$transformers_pin" -r "$cache/comfyui-requirements.txt" pytest
   echo "$want" > "$venv/.attnkit-setup"
 fi
 # --- end
@@ -70,7 +73,7 @@ git ls-files -co --exclude-standard | while IFS= read -r f; do [ -e "$f" ] && pr
   | tar -cf - -T - | tar -xf - -C "$pack"
 test -f "$pack/__init__.py" -a -f "$pack/requirements.txt"
 quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check -c tools/constraints.txt \
-  -r "$pack/requirements.txt" "transformers<5"
+  -r "$pack/requirements.txt" "$transformers_pin"
 (cd "$pack" && "$venv/bin/python" install.py)
 
 export ATTNKIT_COMFYUI="$host" ATTNKIT_COMFYUI_BASE="$base" ATTNKIT_HOST_CACHE="$cache"
