@@ -143,11 +143,21 @@ class HostRun:
         gradient: ``(z, step, image) -> None``: runs the host's denoiser on the conditional branch of ``image`` for
             the scaled latent ``z`` (``(1, C, h, w)``, DDPM scaling) at ``step``, with these patches active (the
             sampler wrapper of a host that supports latent-optimising methods provides it).
+        on_error: ``exception -> None``. Without it an error inside a patch propagates into the host's sampler
+            (ComfyUI shows it on the node). With it the error is handed over once, the run stops acting (its
+            patches pass everything through, the host's own or another extension's attention computing each layer)
+            and the host's sampling goes on: what the webui family needs, where an extension's exception would end
+            the user's whole job.
+
+    A run is its own deep copy: hosts deep-copy patch options on clone (Forge's ``UnetPatcher.clone``, ComfyUI's
+    ``ModelPatcher.clone``), and the patches installed there are bound to this run, which must keep receiving the
+    calls (a copy would act on nothing and report nothing).
     """
 
     def __init__(self, methods: Iterable[Method], prompt: str, tokenizer, *, family: str, steps: int,
                  encode: Callable[[str], torch.Tensor] | None = None, schedule=None, host: str = "this host",
-                 fallback: Callable | None = None, blocks=None, gradient: Callable | None = None):
+                 fallback: Callable | None = None, blocks=None, gradient: Callable | None = None,
+                 on_error: Callable[[BaseException], None] | None = None):
         if family not in UNET_FACTORS:
             raise UnsupportedModelError(
                 f"attnkit's attention patches work on SD 1.x/2.x and SDXL UNets; {host} runs a {family} model here"
@@ -166,6 +176,9 @@ class HostRun:
         self._tokenizer = tokenizer
         self._encode = encode
         self._gradient = gradient
+        self.on_error = on_error
+        #: the error that stopped this run (only with ``on_error``); the patches pass through from then on
+        self.failed: BaseException | None = None
         self._tokens = PromptTokens({"tokenizer": TokenMap(self.prompt, tokenizer, 77)}, "tokenizer", 77)
         self.report = Report()
         self.clock = StepClock(steps, schedule)
@@ -193,6 +206,14 @@ class HostRun:
         self.structured = next(
             (c for c in self.controllers if isinstance(c, StructuredController) and c.phrases), None
         )
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failed is None:
+            self.failed = exc
+            self.on_error(exc)
 
     # --- what controllers ask of a run
     @property
@@ -316,6 +337,18 @@ class HostRun:
     # --- the patches
     def attn2_patch(self, n, context, value, extra_options):
         """Rewrite the text the keys/values come from (``structured``) on conditional rows."""
+        if self.failed is not None:
+            return n, context, value
+        if self.on_error is None:
+            return self._attn2_patch(n, context, value, extra_options)
+        try:
+            return self._attn2_patch(n, context, value, extra_options)
+        except Exception as exc:
+            self._fail(exc)
+            extra_options.pop("attnkit_groups", None)
+            return n, context, value
+
+    def _attn2_patch(self, n, context, value, extra_options):
         step = self._advance(extra_options)
         s = self.structured
         if s is None or not s.wants_step(step):
@@ -359,6 +392,21 @@ class HostRun:
         return attn2_replace
 
     def attn2_replace(self, q, k, v, extra_options, previous=None):
+        if self.failed is None and self.on_error is None:
+            return self._attn2_replace(q, k, v, extra_options, previous)
+        if self.failed is None:
+            try:
+                return self._attn2_replace(q, k, v, extra_options, previous)
+            except Exception as exc:
+                self._fail(exc)
+        groups = int(extra_options.pop("attnkit_groups", 1))  # grouped keys of a patch that ran before the error
+        if groups > 1:
+            k, v = k[:, :k.shape[1] // groups], v[:, :v.shape[1] // groups]
+        if previous is not None:
+            return previous(q, k, v, extra_options)
+        return self.fallback(q, k, v, int(extra_options["n_heads"]), extra_options)
+
+    def _attn2_replace(self, q, k, v, extra_options, previous=None):
         step = self._advance(extra_options)
         heads = int(extra_options["n_heads"])
 

@@ -15,12 +15,13 @@ registry); nothing here imports a host. The single ``scripts/attnkit_webui.py`` 
 
 Every job restores what it changed in :meth:`Job.restore` (idempotent), called at the end of sampling, in the
 script's ``postprocess``, at the start of the next job and on script unload, so a failed job never leaves a patched
-model behind.
+model behind. Forge and A1111 runs are made with ``on_error``: an error inside the host's sampling ends as one note
+under the image (:meth:`Job.fail`), attnkit stops acting and the host finishes the image; the job's infotext keys
+are dropped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 TITLE = "AttnKit"
 INFOTEXT_KEY = "AttnKit"
+#: the enabled box's paste key: set by :func:`expand_infotext` on every paste (a plain string: SD.Next lower-cases
+#: every key of ``infotext_fields``, so a callable key breaks its paste button)
+ENABLED_KEY = "AttnKit enabled"
 HOST_NAMES = {"sdnext": "SD.Next", "forge": "Forge", "a1111": "A1111"}
 
 
@@ -64,11 +68,10 @@ def panel_rows() -> list[Field]:
 def controls() -> list[Control]:
     """The script's controls, in the order of its argument list."""
     out = [
-        Control("enabled", INFOTEXT_KEY, "bool"),
+        Control("enabled", ENABLED_KEY, "bool"),
         Control("words", "AttnKit words", "text"),
         Control("exact_tokens", "AttnKit exact tokens", "bool"),
         Control("hires", "AttnKit hires", "bool"),
-        Control("adetailer", "AttnKit adetailer", "bool"),
     ]
     out += [Control(f"{m}_enabled", f"AttnKit {m}", "bool", method=m) for m in REGISTRY]
     out += [Control(f.key, f"AttnKit {f.method} {f.name}", f.kind, f, f.method) for f in panel_rows()]
@@ -82,13 +85,14 @@ class JobOptions:
     Attributes:
         exact_tokens: SD.Next: use its ``fixed`` prompt parser for this job, so the pipeline encodes the prompt
             string itself and token positions are exact (the user's parser setting is restored afterwards).
-        hires: Forge/A1111: act in the hires-fix pass too.
-        adetailer: Forge: act in ADetailer's inner passes too.
+        hires: Forge/A1111: act in the hires-fix pass too (a run of its own, at the pass's size and prompt).
+
+    ADetailer's inner passes are never acted in: ADetailer runs only the scripts a user allow-lists, and those share
+    the outer job's script instance, so the script ignores them (see ``scripts/attnkit_webui.py``).
     """
 
     exact_tokens: bool = True
     hires: bool = False
-    adetailer: bool = False
 
 
 def read_args(args) -> tuple[bool, list, JobOptions, list[str]]:
@@ -120,7 +124,7 @@ def read_args(args) -> tuple[bool, list, JobOptions, list[str]]:
             "share code as the only argument"
         )
     values = dict(zip((c.name for c in specs), args))
-    options = JobOptions(bool(values["exact_tokens"]), bool(values["hires"]), bool(values["adetailer"]))
+    options = JobOptions(bool(values["exact_tokens"]), bool(values["hires"]))
     words = _words(values["words"])
     if not values["enabled"]:
         return False, [], options, words
@@ -152,16 +156,17 @@ def infotext_params(methods, options: JobOptions | None = None) -> dict[str, str
     if options is not None:
         out["AttnKit exact tokens"] = str(bool(options.exact_tokens))
         out["AttnKit hires"] = str(bool(options.hires))
-        out["AttnKit adetailer"] = str(bool(options.adetailer))
     return out
 
 
 def expand_infotext(params: dict[str, Any]) -> None:
     """``on_infotext_pasted`` handler: turn the compact ``AttnKit`` entry into one key per control (in place).
 
-    Without an ``AttnKit`` entry nothing is added, and the enabled control's mapping turns attnkit off.
-    A broken share code is logged and leaves attnkit off instead of raising into the host's paste handler.
+    The enabled box's key is always set: ``"True"`` with a valid ``AttnKit`` entry, ``"False"`` without one (pasting
+    an image made without attnkit turns it off). A broken share code is logged and leaves attnkit off instead of
+    raising into the host's paste handler.
     """
+    params[ENABLED_KEY] = "False"
     code = params.get(INFOTEXT_KEY)
     if not code:
         return
@@ -171,11 +176,12 @@ def expand_infotext(params: dict[str, Any]) -> None:
         logger.warning("AttnKit: the pasted %s entry was not restored: %s", INFOTEXT_KEY, exc)
         params.pop(INFOTEXT_KEY, None)
         return
+    params[ENABLED_KEY] = str(bool(preset.methods))
     from .ui.panel import param_to_widget_value
 
     chosen = dict(preset.methods)
     for c in controls():
-        if c.name in ("enabled", "hires", "adetailer", "exact_tokens", "words"):
+        if c.name in ("enabled", "hires", "exact_tokens", "words"):
             continue
         if c.field is None:
             params[c.key] = str(c.method in chosen)
@@ -188,12 +194,6 @@ def expand_infotext(params: dict[str, Any]) -> None:
     defaults = JobOptions()
     params.setdefault("AttnKit exact tokens", str(defaults.exact_tokens))
     params.setdefault("AttnKit hires", str(defaults.hires))
-    params.setdefault("AttnKit adetailer", str(defaults.adetailer))
-
-
-def enabled_from_params(params: dict[str, Any]) -> bool:
-    """The enabled control's paste mapping: on exactly when the pasted text carries an ``AttnKit`` entry."""
-    return bool(params.get(INFOTEXT_KEY))
 
 
 # ------------------------------------------------------------------------------------------------- hosts
@@ -239,8 +239,66 @@ def _family(model) -> str:
     )
 
 
+class OpenClipTokenizer:
+    """The tokenizer interface attnkit's token maps read, over the ``tokenize`` of A1111's open_clip text encoder.
+
+    A1111 SD 2.x models encode with ``FrozenOpenCLIPEmbedderWithCustomWords`` (``modules/sd_hijack_open_clip.py``),
+    whose ``tokenize(texts)`` returns open_clip's BPE ids without start/end tokens. open_clip's vocabulary, word
+    pattern and lower-casing are CLIP's, so the ids, and the positions they take in the 77-token context (start token
+    first), are the ones the model sees.
+
+    Args:
+        encoder: the host's encoder object (its ``tokenize``, ``id_start`` and ``id_end`` are used).
+        bpe: open_clip's ``SimpleTokenizer`` (for ``decoder`` and ``pat``).
+    """
+
+    is_fast = False
+    model_max_length = 77
+
+    def __init__(self, encoder, bpe):
+        self._tokenize = encoder.tokenize
+        self.bos, self.eos = int(encoder.id_start), int(encoder.id_end)
+        self._decoder = bpe.decoder
+        self.pat = bpe.pat
+
+    def __call__(self, text: str, add_special_tokens: bool = True, return_special_tokens_mask: bool = False,
+                 **_ignored) -> dict:
+        ids = [int(i) for i in self._tokenize([text])[0]]
+        special = [0] * len(ids)
+        if add_special_tokens:
+            ids, special = [self.bos, *ids, self.eos], [1, *special, 1]
+        out = {"input_ids": ids}
+        if return_special_tokens_mask:
+            out["special_tokens_mask"] = special
+        return out
+
+    def convert_ids_to_tokens(self, ids) -> list[str]:
+        return [self._decoder.get(int(i), "") for i in ids]
+
+
+def _open_clip_tokenizer(encoder):
+    """An :class:`OpenClipTokenizer` for A1111's open_clip encoder, or ``None`` when ``encoder`` is not one."""
+    import sys
+
+    if not callable(getattr(encoder, "tokenize", None)) or not hasattr(encoder, "id_start"):
+        return None
+    # the hijack module's own ``tokenizer`` global (open_clip's SimpleTokenizer), else open_clip's
+    bpe = getattr(sys.modules.get(type(encoder).__module__), "tokenizer", None)
+    if not hasattr(bpe, "decoder"):
+        try:
+            import open_clip.tokenizer as oct
+        except ImportError:
+            return None
+        bpe = oct._tokenizer
+    return OpenClipTokenizer(encoder, bpe)
+
+
 def find_tokenizer(model):
-    """The CLIP tokenizer of a Forge/A1111 model (the first encoder's; SDXL's two share token positions)."""
+    """The CLIP tokenizer of a Forge/A1111 model (the first encoder's; SDXL's two share token positions).
+
+    A1111 SD 2.x has no CLIP tokenizer: its open_clip encoder's ``tokenize`` is wrapped in an
+    :class:`OpenClipTokenizer`.
+    """
     paths = (
         ("text_processing_engine", "tokenizer"),  # Forge 2.x SD 1.x/2.x
         ("text_processing_engine_l", "tokenizer"),  # Forge 2.x SDXL
@@ -259,6 +317,9 @@ def find_tokenizer(model):
                 break
         if obj is not None and callable(obj):
             return obj
+    bpe = _open_clip_tokenizer(getattr(model, "cond_stage_model", None))
+    if bpe is not None:
+        return bpe
     raise UnsupportedModelError("AttnKit found no CLIP tokenizer on this model; it needs one to find your words")
 
 
@@ -271,8 +332,53 @@ def _job_prompt(p, hires: bool = False) -> str:
     return prompts[0]
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def failure_message(exc: BaseException, where: str = "") -> str:
+    """One line for a note under the image: what failed and what to do.
+
+    attnkit's own errors already say both; anything else is a fault the user can only report.
+    """
+    if isinstance(exc, AttnKitError):
+        return str(exc)
+    return (f"stopped by an error{where} ({_first_line(exc)}); the image was finished without it. Please report "
+            "this with your prompt and AttnKit settings")
+
+
+def drop_infotext(p) -> None:
+    """Take attnkit's keys out of ``p.extra_generation_params`` (for a job it did not apply, or stopped applying)."""
+    params = getattr(p, "extra_generation_params", None)
+    if isinstance(params, dict):
+        for key in [k for k in params if str(k).startswith(INFOTEXT_KEY)]:
+            params.pop(key, None)
+
+
+def host_step(params) -> tuple[int, int]:
+    """``(step index, step count)`` of the denoiser call an A1111/Forge ``on_cfg_denoiser`` announces.
+
+    ``params.sampling_step`` is ``shared.state.sampling_step``, which the sampler's step callback sets after each
+    step: it lags one step behind the call (steps 0 and 1 both read 0). The CFG denoiser passed along
+    (``modules/sd_samplers_cfg_denoiser.py``) counts its calls in ``step`` (reset per pass, incremented after each
+    call) and knows the pass's ``steps`` and ``total_steps`` (calls per pass: ``2 * steps`` for second-order samplers,
+    ``modules/sd_samplers_common.py`` ``launch_sampling``), which give the exact step for first- and second-order
+    samplers alike. Hosts without them fall back to the callback's own numbers.
+    """
+    denoiser = getattr(params, "denoiser", None)
+    call, steps, total = (getattr(denoiser, a, None) for a in ("step", "steps", "total_steps"))
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in (call, steps, total)) and steps > 0 and total > 0:
+        return min(call * steps // total, steps - 1), steps
+    return int(params.sampling_step), int(params.total_sampling_steps)
+
+
 class Job:
-    """attnkit applied to one webui job. Subclasses: :class:`SDNextJob`, :class:`ForgeJob`, :class:`A1111Job`."""
+    """attnkit applied to one webui job. Subclasses: :class:`SDNextJob`, :class:`ForgeJob`, :class:`A1111Job`.
+
+    ``passes`` holds one ``((iteration, hires), report)`` per sampling pass that ran with attnkit, in order:
+    ``iteration`` is the host's batch number (``p.iteration``), ``hires`` whether it was the hires-fix pass.
+    """
 
     host = ""
 
@@ -280,17 +386,40 @@ class Job:
         self.p = p
         self.options = options
         self.methods = list(methods)
-        self.reports: list = []
+        self.passes: list[tuple[tuple[int, bool], Any]] = []
         self.messages: list[str] = []
         self._undo: list[Callable[[], None]] = []
         self.active = False
+        #: the error that stopped attnkit inside the host's sampling (the image was finished without it)
+        self.error: BaseException | None = None
+
+    @property
+    def reports(self) -> list:
+        return [report for _, report in self.passes]
+
+    def _pass_key(self, hires: bool = False) -> tuple[int, bool]:
+        return int(getattr(self.p, "iteration", 0) or 0), bool(hires)
+
+    def _record(self, key: tuple[int, bool], report) -> None:
+        self.passes.append((key, report))
+        self.passes.sort(key=lambda item: item[0])  # runs may end out of order (Forge's all end at postprocess)
 
     def prepare(self) -> None:
         """Called in the script's ``process``, before the host encodes prompts."""
 
     def _say(self, message: str) -> None:
+        if message in self.messages:  # once per job, however many batches and passes
+            return
         self.messages.append(message)
         note(self.p, message)
+
+    def fail(self, exc: BaseException) -> None:
+        """A run stopped inside the host's sampling: one note, no attnkit infotext for this job."""
+        if self.error is None:
+            self.error = exc
+            logger.debug("AttnKit: the run failed", exc_info=exc)
+        self._say(failure_message(exc, " while the image was sampled"))
+        drop_infotext(self.p)
 
     def restore(self) -> None:
         """Undo everything this job changed, newest first; safe to call more than once."""
@@ -306,18 +435,25 @@ class Job:
             raise errors[0]
 
     def heatmaps(self, images) -> list:
-        """Labelled heatmap grids of the ``observe`` maps over ``images`` (one per image, first report)."""
+        """Labelled heatmap grids of the ``observe`` maps over ``images`` (the job's images in order).
+
+        Each batch's images get the maps of that batch's last pass (the hires pass when it ran with attnkit): batch
+        ``i`` holds images ``i * rows`` to ``(i + 1) * rows - 1``, ``rows`` being the maps' batch rows.
+        """
         from .viz import heatmap_grid
 
+        last: dict[int, Any] = {}
+        for (iteration, _), report in sorted(self.passes, key=lambda item: item[0]):
+            if "observe" in report and report["observe"].maps:
+                last[iteration] = report
         out = []
-        for report in self.reports:
-            if "observe" not in report or not report["observe"].maps:
-                continue
+        for iteration, report in sorted(last.items()):
             maps = report["observe"].maps
-            for i, image in enumerate(images):
-                if all(m.shape[0] > i for m in maps.values()):
-                    out.append(heatmap_grid(image, {w: m[i] for w, m in maps.items()}))
-            break
+            rows = min(m.shape[0] for m in maps.values())
+            for i in range(rows):
+                index = iteration * rows + i
+                if index < len(images):
+                    out.append(heatmap_grid(images[index], {w: m[i] for w, m in maps.items()}))
         return out
 
 
@@ -361,9 +497,20 @@ class SDNextJob(Job):
             if message not in self.messages:
                 self._say(message)
         run = Run(pipe, self.methods, prompt=prompt)
-        run.install()
         self.run = run
         self._undo.append(run.uninstall)
+
+        def install_at_first_call(module, args, kwargs):
+            # SD.Next's process_pre (IP-Adapter, PAG, attention settings) may set the denoiser's processors after
+            # the scripts' process_batch: attnkit wraps what the denoiser has when it is first called, and
+            # uninstall puts exactly that back.
+            first.remove()
+            if run._saved is None:
+                run.install()
+                run._on_denoiser_call(module, args, kwargs)
+
+        first = run.denoiser.register_forward_pre_hook(install_at_first_call, with_kwargs=True, prepend=True)
+        self._undo.append(first.remove)
         args = p.task_args
         before = {k: args[k] for k in ("callback_on_step_end", "callback_on_step_end_tensor_inputs") if k in args}
         host_cb = args.get("callback_on_step_end") or self.host_callback
@@ -411,7 +558,7 @@ class SDNextJob(Job):
         """The pipeline call ended its last step: take the processors off and keep the report."""
         if self.run is not None and self.run._saved is not None:
             self.run.uninstall()
-            self.reports.append(self.run.finish())
+            self._record(self._pass_key(), self.run.finish())
             for w in self.run.report.warnings:
                 self._say(w)
 
@@ -432,12 +579,8 @@ def _encoder(model) -> Callable[[str], torch.Tensor]:
     return encode
 
 
-def _skip_pass(job: Job, p, hires: bool) -> bool:
-    if hires and not job.options.hires:
-        return True
-    if getattr(p, "_ad_inner", False) and not job.options.adetailer:
-        return True
-    return False
+def _skip_pass(job: Job, hires: bool) -> bool:
+    return hires and not job.options.hires
 
 
 def _patchable(job: Job) -> list:
@@ -451,12 +594,22 @@ def _patchable(job: Job) -> list:
     return keep
 
 
+def _pass_prompt_steps(p, hires: bool) -> tuple[str, int]:
+    steps = int((getattr(p, "hr_second_pass_steps", 0) or p.steps) if hires else p.steps)
+    return _job_prompt(p, hires), steps
+
+
 class ForgeJob(Job):
     """Forge: patches on a clone of ``p.sd_model.forge_objects.unet`` for each sampling pass.
 
+    Forge calls ``process_before_every_sampling`` once before each pass, and twice before a hires pass
+    (``modules/processing.py`` ``sample_hr_pass``: before and after it resets ``forge_objects`` from
+    ``forge_objects_after_applying_lora``); a second call for the same pass replaces the first's clone, which Forge
+    has thrown away, without a report or a second note.
+
     Args:
-        callbacks: Forge's ``modules.script_callbacks``: its ``on_cfg_denoiser`` gives the step index (else the
-            steps follow the noise level the patches receive).
+        callbacks: Forge's ``modules.script_callbacks``: its ``on_cfg_denoiser`` gives the step (:func:`host_step`;
+            else the steps follow the noise level the patches receive).
     """
 
     host = "forge"
@@ -464,47 +617,74 @@ class ForgeJob(Job):
     def __init__(self, p, methods, options: JobOptions, callbacks=None):
         super().__init__(p, methods, options)
         self.callbacks = callbacks
+        self.run: HostRun | None = None
+        self._pass: tuple[tuple[int, bool], Callable[[], None]] | None = None
+
+    def _on_cfg(self, params) -> None:
+        if self.run is not None:
+            self.run.set_step(*host_step(params))
 
     def apply(self) -> None:
         p = self.p
         hires = bool(getattr(p, "is_hr_pass", False))
-        if _skip_pass(self, p, hires):
+        key = self._pass_key(hires)
+        if self._pass is not None and self._pass[0] == key:
+            self._pass[1]()  # the same pass again: Forge discarded the clone made for it
+        self._pass = None
+        self.run = None
+        if _skip_pass(self, hires):
             return
         methods = _patchable(self)
         if not methods:
             return
         model = p.sd_model
         family = _family(model)
-        steps = int((getattr(p, "hr_second_pass_steps", 0) or p.steps) if hires else p.steps)
+        prompt, steps = _pass_prompt_steps(p, hires)
         original = model.forge_objects.unet
         dm = original.model.diffusion_model
-        run = HostRun(methods, _job_prompt(p, hires), find_tokenizer(model), family=family, steps=steps,
-                      encode=_encoder(model), host="Forge", blocks=unet_blocks(dm))
+        run = HostRun(methods, prompt, find_tokenizer(model), family=family, steps=steps, encode=_encoder(model),
+                      host="Forge", blocks=unet_blocks(dm), on_error=self.fail)
         unet = original.clone()
         install_patches(run, unet, unet_block_keys(dm))
         model.forge_objects.unet = unet
-        if self.callbacks is not None:
-            def on_cfg(params):
-                run.set_step(params.sampling_step, params.total_sampling_steps)
-
-            self.callbacks.on_cfg_denoiser(on_cfg)
-            self._undo.append(lambda: self.callbacks.remove_callbacks_for_function(on_cfg))
+        if self.callbacks is not None and not any(u is self._remove_on_cfg for u in self._undo):
+            self.callbacks.on_cfg_denoiser(self._on_cfg)
+            self._undo.insert(0, self._remove_on_cfg)
+        self.run = run
+        record = {"report": True}
 
         def put_back():
             if model.forge_objects.unet is unet:
                 model.forge_objects.unet = original
-            self.reports.append(run.finish())
+            if record["report"]:
+                record["report"] = False
+                self._record(key, run.finish())
+
+        def discard():
+            record["report"] = False
+            put_back()
+            if put_back in self._undo:
+                self._undo.remove(put_back)
 
         self._undo.append(put_back)
+        self._pass = (key, discard)
         self.active = True
+
+    def _remove_on_cfg(self) -> None:
+        self.callbacks.remove_callbacks_for_function(self._on_cfg)
 
 
 class A1111Job(Job):
     """A1111: the ``forward`` of every ``attn2`` module instance swapped for the kernel while sampling runs.
 
+    One :class:`HostRun` per sampling pass: the hires-fix pass (inside the same ``p.sample`` call, with
+    ``p.is_hr_pass`` set; ``modules/processing.py`` ``sample_hr_pass``) gets a run of its own, at its latent size,
+    with the hires prompt and step count, when "Also in the hires pass" is ticked; otherwise its layers compute as
+    the host's.
+
     Args:
-        callbacks: A1111's ``modules.script_callbacks`` (step index and the unconditional text come from its
-            ``on_cfg_denoiser``; the callback is removed again on restore).
+        callbacks: A1111's ``modules.script_callbacks`` (the step, :func:`host_step`, and the unconditional text come
+            from its ``on_cfg_denoiser``; the callback is removed again on restore).
     """
 
     host = "a1111"
@@ -522,21 +702,52 @@ class A1111Job(Job):
         model = p.sd_model
         family = _family(model)
         dm = model.model.diffusion_model
-        run = HostRun(methods, _job_prompt(p), find_tokenizer(model), family=family, steps=int(p.steps),
-                      encode=_encoder(model), host="A1111", blocks=unet_blocks(dm))
+        tokenizer, encode, blocks = find_tokenizer(model), _encoder(model), unet_blocks(dm)
+        job = self
+
+        def new_run(hires: bool) -> HostRun:
+            prompt, steps = _pass_prompt_steps(p, hires)
+            return HostRun(methods, prompt, tokenizer, family=family, steps=steps, encode=encode, host="A1111",
+                           blocks=blocks, on_error=job.fail)
+
+        first = new_run(False)
         state = self._state
-        state.update(uncond=None, cond_rows=None, shape=None)
+        state.clear()
+        state.update(uncond=None, cond_rows=None, shape=None, run=first, key=self._pass_key(False))
+
+        def end_pass():
+            run, state["run"] = state["run"], None
+            if run is not None:
+                job._record(state["key"], run.finish())
+
+        def current() -> HostRun | None:
+            """The run of the pass the host is in now (a new one when a hires pass starts)."""
+            hires = bool(getattr(p, "is_hr_pass", False))
+            key = job._pass_key(hires)
+            if key == state["key"]:
+                return state["run"]
+            end_pass()
+            state.update(key=key, shape=None)
+            if job.error is None and not _skip_pass(job, hires):
+                try:
+                    state["run"] = new_run(hires)
+                except AttnKitError as exc:  # e.g. a word missing from the hires prompt: that pass runs without
+                    job.fail(exc)
+            return state["run"]
+
         modules = [(name, m) for name, m in dm.named_modules() if name.endswith("attn2") and hasattr(m, "to_q")]
         if not modules:
             raise UnsupportedModelError("AttnKit found no attn2 cross-attention modules in this model")
-        job = self
 
         def on_cfg(params):
-            run.set_step(params.sampling_step, params.total_sampling_steps)
+            run = current()
+            if run is not None:
+                run.set_step(*host_step(params))
             uncond = params.text_uncond
             state["uncond"] = uncond["crossattn"] if isinstance(uncond, dict) else uncond
 
         def pre_hook(module, args, kwargs):
+            current()
             x = args[0] if args else kwargs.get("x")
             context = args[2] if len(args) > 2 else kwargs.get("context")
             state["shape"] = tuple(x.shape)
@@ -547,9 +758,9 @@ class A1111Job(Job):
             own = module.__dict__.get("forward")  # another extension's instance-level forward: ours wraps it
             inner = own if own is not None else module.forward
             theirs += own is not None
-            module.forward = _swapped_forward(module, inner, run, state, job, _block_of(name), own is not None)
+            module.forward = _swapped_forward(module, inner, state, _block_of(name), own is not None)
             self._undo.append(_putter(module, own))
-        if theirs and run.needs_patch:
+        if theirs and first.needs_patch:
             self._say(f"another extension replaced the cross-attention of {theirs} layers; Structured Diffusion "
                       "Guidance computes those layers itself while this image is made (theirs is back afterwards)")
         hook = dm.register_forward_pre_hook(pre_hook, with_kwargs=True)
@@ -573,7 +784,7 @@ class A1111Job(Job):
                 p.__dict__.pop("sample", None)
             else:
                 p.sample = sample
-            self.reports.append(run.finish())
+            end_pass()
 
         self._undo.insert(0, put_sample_back)
         self.active = True
@@ -618,15 +829,16 @@ def _reads_only(q, k, v, extra_options):
     return q
 
 
-def _swapped_forward(module, inner, run: HostRun, state: dict, job: Job, block, theirs: bool = False):
-    """The attn2 forward while a job runs. ``theirs``: ``inner`` is another extension's instance-level forward; when
-    attnkit only reads maps, that forward still computes the layer's output."""
+def _swapped_forward(module, inner, state: dict, block, theirs: bool = False):
+    """The attn2 forward while a job runs: the kernel of the current pass's run (``state["run"]``), or the layer's
+    own forward when that pass runs without attnkit. ``theirs``: ``inner`` is another extension's instance-level
+    forward; when attnkit only reads maps, that forward still computes the layer's output."""
     heads = int(module.heads)
     dim_head = module.to_q.out_features // heads
 
     def forward(x, context=None, mask=None, **kwargs):
-        p = job.p
-        if context is None or state.get("shape") is None or _skip_pass(job, p, bool(getattr(p, "is_hr_pass", False))):
+        run = state.get("run")
+        if run is None or run.failed is not None or context is None or state.get("shape") is None:
             return inner(x, context=context, mask=mask, **kwargs)
         extra = {"n_heads": heads, "dim_head": dim_head, "original_shape": state["shape"]}
         if block is not None:
@@ -653,13 +865,3 @@ def start_job(p, methods, options: JobOptions, *, opts=None, host_callback=None,
     if host == "forge":
         return ForgeJob(p, methods, options, callbacks=callbacks)
     return A1111Job(p, methods, options, callbacks=callbacks)
-
-
-@contextlib.contextmanager
-def restoring(job: Job):
-    """Restore ``job`` if the block raises (the host then skips ``postprocess``)."""
-    try:
-        yield job
-    except BaseException:
-        job.restore()
-        raise

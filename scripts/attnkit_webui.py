@@ -40,6 +40,12 @@ def _sdnext_hooks():
     return getattr(shared, "opts", None), getattr(processing_callbacks, "diffusers_callback", None)
 
 
+def _inner_pass(p) -> bool:
+    """ADetailer's inner passes (``p._ad_inner``): it calls allow-listed scripts' hooks on its own ``p`` with this
+    same script instance, which must not end or replace the outer job; attnkit does not act in them."""
+    return bool(getattr(p, "_ad_inner", False))
+
+
 class AttnKitScript(scripts.Script):
     def title(self):
         return webui.TITLE
@@ -53,59 +59,73 @@ class AttnKitScript(scripts.Script):
         tab = "img2img" if is_img2img else "txt2img"
         components = build_controls(gr, f"attnkit-{tab}")
         specs = webui.controls()
-        self.infotext_fields = [(components[0], webui.enabled_from_params)]
-        self.infotext_fields += [(c, s.key) for c, s in zip(components[1:], specs[1:])]
+        # string keys only: SD.Next lower-cases every key (modules/generation_parameters_copypaste.py); the enabled
+        # box's key is filled in by webui.expand_infotext on every paste
+        self.infotext_fields = [(c, s.key) for c, s in zip(components, specs)]
         self.paste_field_names = [s.key for s in specs]
         return components
 
     def process(self, p, *args):
+        if _inner_pass(p):
+            return
         _restore_all()
         self.job = None
         try:
             enabled, methods, options, _ = webui.read_args(args)
             if not enabled:
                 return
-            opts, host_callback = _sdnext_hooks()
+            opts, host_callback = _sdnext_hooks() if webui.detect_host(p) == "sdnext" else (None, None)
             job = webui.start_job(p, methods, options, opts=opts, host_callback=host_callback,
                                   callbacks=script_callbacks)
-        except AttnKitError as exc:
-            webui.note(p, f"{exc} (this image was made without AttnKit)")
+            _JOBS.append(job)
+            job.prepare()
+        except Exception as exc:  # never a traceback into the host's job: one note, the image is made without
+            _restore_all()
+            webui.note(p, f"{webui.failure_message(exc)} (this image was made without AttnKit)")
             return
         self.job = job
-        _JOBS.append(job)
-        job.prepare()
-        p.extra_generation_params.update(webui.infotext_params(methods, options))
+        self._infotext = webui.infotext_params(methods, options)
 
     def _apply(self, p, **kwargs):
         job = getattr(self, "job", None)
-        if job is None:
+        if job is None or job.error is not None:
             return
         try:
-            with webui.restoring(job):
-                job.apply(**kwargs)
-        except AttnKitError as exc:
-            webui.note(p, f"{exc} (this pass ran without AttnKit)")
+            job.apply(**kwargs)
+        except Exception as exc:
+            job.error = exc
+            try:
+                job.restore()
+            except Exception:
+                logger.warning("AttnKit: restoring the model after a failed start did not finish")
+            webui.drop_infotext(p)
+            webui.note(p, f"{webui.failure_message(exc)} (this image was made without AttnKit)")
+            return
+        if job.active:  # the keys say what really ran: written only once a pass has attnkit on
+            p.extra_generation_params.update(self._infotext)
 
     def process_batch(self, p, *args, **kwargs):
         job = getattr(self, "job", None)
-        if job is not None and job.host == "sdnext":
+        if _inner_pass(p) or job is None:
+            return
+        if job.host == "sdnext":
             self._apply(p, prompts=kwargs.get("prompts"))
-        elif job is not None and job.host == "a1111":
+        elif job.host == "a1111":
             self._apply(p)
 
     def process_before_every_sampling(self, p, *args, **kwargs):  # Forge only
         job = getattr(self, "job", None)
-        if job is not None and job.host == "forge":
+        if not _inner_pass(p) and job is not None and job.host == "forge":
             self._apply(p)
 
     def postprocess_batch(self, p, *args, **kwargs):
         job = getattr(self, "job", None)
-        if job is not None and job.host == "a1111":
+        if not _inner_pass(p) and job is not None and job.host == "a1111":
             job.restore()
 
     def postprocess(self, p, processed, *args):
         job = getattr(self, "job", None)
-        if job is None:
+        if _inner_pass(p) or job is None:
             return
         _restore_all()
         self.job = None

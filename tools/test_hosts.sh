@@ -2,6 +2,7 @@
 # Real-host test tiers: attnkit run inside the hosts' own code, from the pinned sources in ../shared/hosts.
 #
 #   bash tools/test_hosts.sh comfyui [pytest args...]
+#   bash tools/test_hosts.sh webui [pytest args...]
 #
 # comfyui: ComfyUI (../shared/hosts/ComfyUI, v0.3.64) in an environment of its own, built once and cached
 # (ATTNKIT_HOST_CACHE, default ~/.cache/attnkit-hosts): CPU torch (tools/constraints.txt), ComfyUI's requirements,
@@ -25,7 +26,8 @@ tier=${1:-}
 
 case "$tier" in
   comfyui) ;;
-  *) echo "usage: bash tools/test_hosts.sh comfyui [pytest args...]" >&2; exit 2 ;;
+  webui) exec bash tools/test_webui_hosts.sh "$@" ;;
+  *) echo "usage: bash tools/test_hosts.sh comfyui|webui [pytest args...]" >&2; exit 2 ;;
 esac
 
 host="$root/../shared/hosts/ComfyUI"

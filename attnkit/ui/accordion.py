@@ -24,8 +24,6 @@ def build_controls(gr, prefix: str) -> list:
                 label="Exact token positions (SD.Next: use its fixed prompt parser for this job)", value=True,
                 elem_id=f"{prefix}-exact-tokens")
             made["hires"] = gr.Checkbox(label="Also in the hires pass", value=False, elem_id=f"{prefix}-hires")
-            made["adetailer"] = gr.Checkbox(label="Also in ADetailer passes", value=False,
-                                            elem_id=f"{prefix}-adetailer")
         for method_id in REGISTRY:
             with gr.Accordion(METHOD_TITLES[method_id], open=False, elem_id=f"{prefix}-acc-{method_id}"):
                 made[f"{method_id}_enabled"] = gr.Checkbox(label=f"Enable {METHOD_TITLES[method_id]}", value=False,

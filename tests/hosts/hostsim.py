@@ -218,11 +218,25 @@ def encode(pipe, text):
     return pipe.encode_prompt(text, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
 
 
+class CFGDenoiser:
+    """The step bookkeeping of A1111's (c8a5322d) and Forge's (dfdcbab6) ``modules/sd_samplers_cfg_denoiser.py``
+    ``CFGDenoiser``: ``step`` counts the model calls of a pass (reset to 0 in ``sd_samplers_common.Sampler.initialize``,
+    ``self.step += 1`` at the end of ``forward``); ``steps`` and ``total_steps`` are set by ``launch_sampling``
+    (``total_steps`` doubles for second-order samplers)."""
+
+    def __init__(self, steps, second_order=False):
+        self.step = 0
+        self.steps = steps
+        self.total_steps = 2 * steps if second_order else steps
+
+
 def ldm_sample(pipe, p, call_model, on_step=None, grad_mode=torch.no_grad):
     """The A1111/Forge CFG loop on the diffusers scheduler: cond rows first, uncond last. Returns the latents.
 
-    ``call_model(x_in, t, context, step)`` returns the noise prediction; ``on_step(step, count, x, cond, uncond)``
-    runs before each model call (A1111's ``on_cfg_denoiser``)."""
+    ``call_model(x_in, t, context, step)`` returns the noise prediction; ``on_step(sampling_step, count, x, cond,
+    uncond, denoiser)`` runs before each model call (A1111's ``on_cfg_denoiser``) with what the host passes:
+    ``shared.state.sampling_step``, which the sampler's step callback (``sd_samplers_common.Sampler.callback_state``)
+    sets to ``i`` after step ``i`` (so it lags: steps 0 and 1 both read 0), and the :class:`CFGDenoiser`."""
     with grad_mode():
         cond, uncond = encode(pipe, p.prompt), encode(pipe, p.negative_prompt)
         scheduler = pipe.scheduler
@@ -231,13 +245,16 @@ def ldm_sample(pipe, p, call_model, on_step=None, grad_mode=torch.no_grad):
         latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, p.height, p.width, cond.dtype, "cpu",
                                        generator)
         count = len(scheduler.timesteps)
+        denoiser, sampling_step = CFGDenoiser(count), 0
         for i, t in enumerate(scheduler.timesteps):
             if on_step is not None:
-                on_step(i, count, latents, cond, uncond)
+                on_step(sampling_step, count, latents, cond, uncond, denoiser)
             x_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
             noise = call_model(x_in, t, torch.cat([cond, uncond]), i)
+            denoiser.step += 1
             c, u = noise.chunk(2)
             latents = scheduler.step(u + p.cfg_scale * (c - u), t, latents).prev_sample
+            sampling_step = i
         return latents
 
 
@@ -265,10 +282,11 @@ def forge_sample(pipe, p):
     return with_processors(pipe.unet, procs, lambda: ldm_sample(pipe, p, call, on_step=_cfg_denoiser_callback))
 
 
-def _cfg_denoiser_callback(i, count, x, cond, uncond):
+def _cfg_denoiser_callback(sampling_step, count, x, cond, uncond, denoiser):
     from modules import script_callbacks
 
-    script_callbacks.cfg_denoiser_callback(script_callbacks.CFGDenoiserParams(x, None, None, i, count, cond, uncond))
+    script_callbacks.cfg_denoiser_callback(
+        script_callbacks.CFGDenoiserParams(x, None, None, sampling_step, count, cond, uncond, denoiser))
 
 
 def comfy_patched_processors(ldm, transformer_options, state):

@@ -32,7 +32,7 @@ def control_args(enabled=True, words="", methods=None, **job):
             values.append(enabled)
         elif c.name == "words":
             values.append(words)
-        elif c.name in ("exact_tokens", "hires", "adetailer"):
+        elif c.name in ("exact_tokens", "hires"):
             values.append(job.get(c.name, c.name == "exact_tokens"))
         elif c.field is None:
             values.append(c.method in methods)
@@ -274,9 +274,11 @@ def test_infotext_round_trip_restores_every_control(webui_script, sd15):
         "observe": {"words": "car, sheep", "resolution": "4x4"},
         "a_star": {"words": "car", "tau": 0.35, "iterations": 3, "steps": "0, 0.5"},
     }
-    args = control_args(methods=chosen, exact_tokens=False, hires=True, adetailer=True)
+    args = control_args(methods=chosen, exact_tokens=False, hires=True)
     p = make_job("sdnext", sd15)
     script.process(p, *args)
+    assert "AttnKit" not in p.extra_generation_params, "infotext is written once the job applies, not before"
+    script.process_batch(p, *args, batch_number=0, prompts=list(p.prompts))
     text = infotext_utils.create_infotext(p)
     assert "AttnKit: ak1." in text and "AttnKit methods: " in text
     params = infotext_utils.parse_generation_parameters(text)

@@ -1,7 +1,7 @@
 """Stand-ins for the webui family's ``modules`` package, for tests only.
 
 Each file mirrors the classes, function names and signatures attnkit's script touches, as of:
-- A1111 stable-diffusion-webui v1.10.1: ``modules/scripts.py`` (Script, AlwaysVisible, the always-on lifecycle),
+- A1111 stable-diffusion-webui c8a5322d (pinned in ../shared/hosts/a1111): ``modules/scripts.py`` (Script, AlwaysVisible, the always-on lifecycle),
   ``modules/script_callbacks.py`` (on_infotext_pasted, on_script_unloaded, on_cfg_denoiser + CFGDenoiserParams,
   remove_callbacks_for_function), ``modules/infotext_utils.py`` (quote, parse_generation_parameters, the paste
   coercion of connect_paste), ``modules/processing.py`` (StableDiffusionProcessingTxt2Img fields, Processed).

@@ -1,4 +1,4 @@
-"""A1111 v1.10.1 ``modules/infotext_utils.py``: how infotext is written, parsed and pasted into controls."""
+"""A1111 c8a5322d ``modules/infotext_utils.py``: how infotext is written, parsed and pasted into controls."""
 
 import json
 import re

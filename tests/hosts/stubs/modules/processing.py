@@ -1,4 +1,4 @@
-"""A1111 v1.10.1 ``modules/processing.py``: the job object fields attnkit reads, and ``Processed``."""
+"""A1111 c8a5322d ``modules/processing.py``: the job object fields attnkit reads, and ``Processed``."""
 
 
 class StableDiffusionProcessing:

@@ -1,4 +1,4 @@
-"""A1111 v1.10.1 ``modules/script_callbacks.py``: the callbacks attnkit registers, and how the host fires them."""
+"""A1111 c8a5322d ``modules/script_callbacks.py``: the callbacks attnkit registers, and how the host fires them."""
 
 from collections import defaultdict
 

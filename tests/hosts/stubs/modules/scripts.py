@@ -1,4 +1,4 @@
-"""A1111 v1.10.1 ``modules/scripts.py`` (the parts an always-on script uses)."""
+"""A1111 c8a5322d ``modules/scripts.py`` (the parts an always-on script uses)."""
 
 
 class AlwaysVisible:
