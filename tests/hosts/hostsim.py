@@ -361,11 +361,13 @@ class A1111Model:
 # ------------------------------------------------------------------------------------------ processing
 
 
-def run_job(host, script, p, args, fail_in_sampling=False):
+def run_job(host, script, p, args, fail_in_sampling=False, before_call=None):
     """One job through a host's always-on script lifecycle, as that host orders the calls.
 
     Returns ``(latents, processed)``; with ``fail_in_sampling`` sampling raises mid-run (like an OOM or a NaN check)
-    and, as in the hosts, ``postprocess`` is then never called.
+    and, as in the hosts, ``postprocess`` is then never called. ``before_call(p)`` runs between the scripts'
+    ``process_batch`` and sampling (SD.Next's ``process_pre``: IP-Adapter, PAG and attention settings set the
+    pipeline's processors there, ``modules/processing_diffusers.py``).
     """
     from modules import processing, processing_callbacks
 
@@ -374,6 +376,8 @@ def run_job(host, script, p, args, fail_in_sampling=False):
         p.sample = _bound_sample(p, fail_in_sampling)  # the host's own sampler; an extension may wrap it
     script.process(p, *args)
     script.process_batch(p, *args, batch_number=0, prompts=list(p.prompts), seeds=[p.seed], subseeds=[p.seed])
+    if before_call is not None:
+        before_call(p)
     if host == "sdnext":
         processing_callbacks.fail_at_step = 1 if fail_in_sampling else None
         try:

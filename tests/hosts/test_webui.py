@@ -375,3 +375,52 @@ def test_a1111_keeps_another_extensions_attention_forward(webui_script, sd15, ca
     finally:
         for m in modules:
             m.__dict__.pop("forward", None)
+
+
+def test_sdnext_processors_set_after_process_batch_are_wrapped_and_put_back(webui_script, sd15):
+    """Finding 5: SD.Next's ``process_pre`` (``modules/processing_diffusers.py``: IP-Adapter, PAG, attention
+    settings) sets the pipeline's processors after the scripts' ``process_batch``. attnkit installs at the denoiser's
+    first call, over what the host set, and puts exactly that back."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    saved = dict(sd15.unet.attn_processors)
+    hosts = {}
+
+    def process_pre(p):
+        hosts.update({name: AttnProcessor() for name in saved})  # new objects, as an IP-Adapter load makes
+        p.sd_model.unet.set_attn_processor(dict(hosts))
+
+    try:
+        p = make_job("sdnext", sd15)
+        script = webui_script.AttnKitScript()
+        hostsim.run_job("sdnext", script, p, control_args(methods={"observe": {"words": "car"}}),
+                        before_call=process_pre)
+        report = script.last_job.reports[0]
+        assert report.steps == len(sd15.scheduler.timesteps) and report["observe"].maps["car"].shape[-1] > 0, \
+            "the host's processors replaced attnkit's: it did nothing"
+        now = sd15.unet.attn_processors
+        assert all(now[name] is hosts[name] for name in hosts), "the processors the host set were not put back"
+    finally:
+        sd15.unet.set_attn_processor(saved)
+
+
+def test_adetailer_inner_pass_leaves_the_job_alone(webui_script, sd15):
+    """Finding 10: ADetailer calls an allow-listed script's hooks on its inner ``p`` (``_ad_inner``) with the same
+    script instance. The option is gone; the inner pass must neither replace nor end the outer job."""
+    assert "adetailer" not in [c.name for c in webui.controls()]
+    p = make_job("a1111", sd15)
+    script = webui_script.AttnKitScript()
+    args = control_args(methods={"observe": {"words": "car"}})
+    p.sample = hostsim._bound_sample(p, False)
+    script.process(p, *args)
+    job = script.job
+    inner = make_job("a1111", sd15)
+    inner._ad_inner = True
+    script.process(inner, *args)
+    script.process_batch(inner, *args, batch_number=0, prompts=list(inner.prompts))
+    script.postprocess(inner, None, *args)
+    assert script.job is job and not inner.comments and "AttnKit" not in inner.extra_generation_params
+    script.process_batch(p, *args, batch_number=0, prompts=list(p.prompts))
+    p.sample()
+    script.postprocess_batch(p, *args, batch_number=0)
+    assert job.reports and job.reports[0].steps == len(sd15.scheduler.timesteps)

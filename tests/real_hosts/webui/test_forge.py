@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FORGE, host_modules, load_script, scripts_stand_in
+from conftest import FORGE, host_modules, load_script, scripts_stand_in, stand_in
 from webuihost import CONTEXT, Processing, TextEncoder, callbacks_stand_in, euler, karras_free_sigmas, solid_images
 
 PROMPT = "a red car and a white sheep"
@@ -127,7 +127,8 @@ class Forge:
 @pytest.fixture
 def forge(forge_backend, slow_tokenizer):
     callbacks = callbacks_stand_in()
-    with host_modules(FORGE, {"script_callbacks": callbacks, "scripts": scripts_stand_in()}):
+    shared = stand_in("shared", "stands for Forge modules/shared.py (parses the webui's command line at import)")
+    with host_modules(FORGE, {"script_callbacks": callbacks, "scripts": scripts_stand_in(), "shared": shared}):
         yield Forge(load_script(), callbacks, slow_tokenizer)
 
 
@@ -220,8 +221,14 @@ def test_another_extensions_replace_and_a_later_clone(forge):
     forge.run(p, control_args(observe={"words": "car"}), after_attnkit=later_script)
     assert len(calls) == len(keys) * 3 * 1, "the other extension's replace must run on every block and step"
     report = forge.script.last_job.reports[0]
-    assert report.steps == 3 and report["observe"].maps["car"].shape[-1] > 0, \
-        "finding 8: attnkit's run got no calls after the later clone"
+    assert report.steps == 3 and report["observe"].maps["car"].shape[-1] > 0
+
+    # structured alone installs a bound patch (no replace): the clone deep-copied it with its run
+    p = Processing(forge.model(), PROMPT, steps=3)
+    forge.run(p, control_args(structured={}), after_attnkit=later_script)
+    report = forge.script.last_job.reports[0]
+    assert report.steps == 3 and report["structured"].data["steps"] == 3, \
+        "finding 8: structured ran on a copy of the run after the later clone; the job's run saw nothing"
 
 
 def test_hires_pass_applies_once_with_its_own_run(forge):
