@@ -647,7 +647,7 @@ class ForgeJob(Job):
         unet = original.clone()
         install_patches(run, unet, unet_block_keys(dm))
         model.forge_objects.unet = unet
-        if self.callbacks is not None and not any(u is self._remove_on_cfg for u in self._undo):
+        if self.callbacks is not None and self._remove_on_cfg not in self._undo:  # once per job
             self.callbacks.on_cfg_denoiser(self._on_cfg)
             self._undo.insert(0, self._remove_on_cfg)
         self.run = run

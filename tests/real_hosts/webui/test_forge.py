@@ -233,7 +233,10 @@ def test_another_extensions_replace_and_a_later_clone(forge):
 
 def test_hires_pass_applies_once_with_its_own_run(forge):
     p = Processing(forge.model(), PROMPT, steps=3, enable_hr=True, hr_second_pass_steps=2)
-    forge.run(p, control_args(hires=True, observe={"words": "car"}, attend_excite={"words": "car"}))
+    registered = []
+    forge.run(p, control_args(hires=True, observe={"words": "car"}, attend_excite={"words": "car"}),
+              after_attnkit=lambda p: registered.append(len(forge.callbacks.callback_map["callbacks_cfg_denoiser"])))
+    assert registered == [1, 1, 1], "one step callback per job"
     job = forge.script.last_job
     assert [key for key, _ in job.passes] == [(0, False), (0, True)], "finding 9: one run per pass"
     first, hires = job.reports
