@@ -402,7 +402,10 @@ class Job:
 
     def _record(self, key: tuple[int, bool], report) -> None:
         self.passes.append((key, report))
-        self.passes.sort(key=lambda item: item[0])  # runs may end out of order (Forge's all end at postprocess)
+        self.passes.sort(key=lambda item: item[0])  # a batch's hires pass may end before its first pass
+        if self.error is None:  # a failed run's own warnings only repeat the failure
+            for warning in getattr(report, "warnings", ()):
+                self._say(warning)
 
     def prepare(self) -> None:
         """Called in the script's ``process``, before the host encodes prompts."""
@@ -559,8 +562,6 @@ class SDNextJob(Job):
         if self.run is not None and self.run._saved is not None:
             self.run.uninstall()
             self._record(self._pass_key(), self.run.finish())
-            for w in self.run.report.warnings:
-                self._say(w)
 
 
 def _one(prompts) -> str:

@@ -120,7 +120,8 @@ class AttnKitScript(scripts.Script):
 
     def postprocess_batch(self, p, *args, **kwargs):
         job = getattr(self, "job", None)
-        if not _inner_pass(p) and job is not None and job.host == "a1111":
+        # the batch is sampled: its runs end here, so their notes reach the host's comments for this job
+        if not _inner_pass(p) and job is not None and job.host in ("a1111", "forge"):
             job.restore()
 
     def postprocess(self, p, processed, *args):
