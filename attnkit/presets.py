@@ -132,8 +132,14 @@ class Preset:
             text = text.decode("utf-8", errors="replace")
         if not isinstance(text, str):
             raise PresetError(f"a preset is JSON text, got {type(text).__name__}")
-        if len(text.encode("utf-8")) > MAX_JSON_BYTES:
-            raise PresetError(_too_big(len(text.encode("utf-8"))))
+        if len(text) > MAX_JSON_BYTES:
+            raise PresetError(_too_big(len(text)))
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: not text any file or share code can hold
+            raise PresetError("not a valid preset: the text holds an invalid character (a lone surrogate)") from None
+        if size > MAX_JSON_BYTES:
+            raise PresetError(_too_big(size))
         try:
             data = json.loads(text, parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:
@@ -157,12 +163,15 @@ class Preset:
                 raise PresetError(f"preset schema {version} is not known to this attnkit")
             data = MIGRATIONS[version](data)
             version += 1
-        for key in sorted(set(data) - {"attnkit", "name", "description", "methods", "settings"}):
-            problems.append(f"{key}: unknown key")
-        name = _text(data.get("name", ""), "name", problems)
-        description = _text(data.get("description", ""), "description", problems)
-        methods = _methods(data.get("methods"), problems)
-        settings = _settings(data.get("settings", {}), problems)
+        for key in sorted(str(k) for k in set(data) - {"attnkit", "name", "description", "methods", "settings"}):
+            problems.append(f"{key[:40]}: unknown key")
+        try:
+            name = _text(data.get("name", ""), "name", problems)
+            description = _text(data.get("description", ""), "description", problems)
+            methods = _methods(data.get("methods"), problems)
+            settings = _settings(data.get("settings", {}), problems)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:  # a shape no check above foresaw
+            raise PresetError(f"not a valid preset ({type(exc).__name__}: {str(exc)[:200]})") from None
         if problems:
             raise PresetError("invalid preset: " + "; ".join(problems))
         return cls(methods, settings, name, description)
@@ -179,7 +188,7 @@ class Preset:
         if not isinstance(code, str):
             raise PresetError(f"a share code is text, got {type(code).__name__}")
         code = code.strip()
-        match = re.fullmatch(r"ak(\d+)\.([A-Za-z0-9_-]*)", code)
+        match = re.fullmatch(r"ak([0-9]{1,6})\.([A-Za-z0-9_-]*)", code)
         if not match:
             raise PresetError("not an attnkit share code (they start with 'ak1.' followed by letters, digits, - and _)")
         if int(match.group(1)) > SCHEMA_VERSION:
@@ -224,7 +233,14 @@ class Preset:
 
     @classmethod
     def from_infotext(cls, text: str) -> "Preset":
-        match = re.search(r"(?:^|[\s,])AttnKit:\s*(ak\d+\.[A-Za-z0-9_-]*)", text or "")
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        if text is not None and not isinstance(text, str):
+            raise PresetError(f"generation parameters are text, got {type(text).__name__}")
+        if text and len(text) > MAX_TEXT_CHUNK:
+            raise PresetError(f"the generation parameters text is too long ({len(text) // 1024} KiB; at most "
+                              f"{MAX_TEXT_CHUNK // 1024} KiB)")
+        match = re.search(r"(?:^|[\s,])AttnKit:\s*(ak[0-9]{1,6}\.[A-Za-z0-9_-]*)", text or "")
         if not match:
             raise PresetError("no AttnKit preset in this text (no 'AttnKit:' entry)")
         return cls.from_share_code(match.group(1))
@@ -244,17 +260,14 @@ class Preset:
 
     @classmethod
     def from_png(cls, source) -> "Preset":
-        """The preset of a PNG saved by attnkit (path, file object or PIL image); also reads the ``AttnKit`` entry
-        of a ``parameters`` text written elsewhere."""
-        from PIL import Image, UnidentifiedImageError
+        """The preset of a PNG saved by attnkit (path, file object, bytes or PIL image); also reads the ``AttnKit``
+        entry of a ``parameters`` text written elsewhere.
 
-        image = source
-        if not isinstance(source, Image.Image):
-            try:
-                image = Image.open(source)
-            except (OSError, UnidentifiedImageError) as exc:
-                raise PresetError(f"cannot read that image ({exc})") from None
-        text = {**getattr(image, "info", {}), **(getattr(image, "text", None) or {})}
+        Only the metadata is read: a PNG's text chunks are parsed from the file without decoding a pixel (so an
+        image of any declared size, a cut-off file or an animated PNG costs what its text costs); other formats
+        go through PIL, whose size guard applies.
+        """
+        text = _image_text(source)
         if "attnkit" in text:
             return cls.from_json(text["attnkit"])
         if "parameters" in text:
@@ -298,6 +311,111 @@ class Preset:
         raise PresetError(f"no preset named {name!r}; saved presets: {', '.join(user_presets(directory)) or 'none'}")
 
 
+#: most bytes of one PNG text chunk attnkit reads (A1111's parameters text is a few KiB)
+MAX_TEXT_CHUNK = 1024 * 1024
+#: most chunks walked in a PNG before giving up (a real image has a few dozen)
+MAX_PNG_CHUNKS = 100_000
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _image_text(source) -> dict[str, str]:
+    """The text metadata of an image (see :meth:`Preset.from_png`); every failure is a :class:`PresetError`."""
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        filename = getattr(source, "filename", "")
+        if filename and getattr(source, "format", None) == "PNG" and os.path.isfile(filename):
+            return _image_text(filename)
+        info = getattr(source, "info", None) or {}
+        return {str(k): v for k, v in info.items() if isinstance(v, str)}
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        import io
+
+        source = io.BytesIO(bytes(source))
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as handle:
+                return _image_text(handle)
+        except OSError as exc:
+            raise PresetError(f"cannot open that image ({exc.strerror or exc})") from None
+    if not hasattr(source, "read"):
+        raise PresetError(f"an image is a path, a file, bytes or a PIL image, got {type(source).__name__}")
+    try:
+        head = source.read(8)
+        if head == _PNG_SIGNATURE:
+            return _png_text(source)
+        if hasattr(source, "seek"):
+            source.seek(-len(head), os.SEEK_CUR)
+        with Image.open(source) as image:  # JPEG, WebP...: PIL reads the header and metadata only
+            return {str(k): v for k, v in image.info.items() if isinstance(v, str)}
+    except PresetError:
+        raise
+    except Exception as exc:  # truncated, a decompression bomb, not an image at all...
+        raise PresetError(f"cannot read that image ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _png_text(handle) -> dict[str, str]:
+    """``tEXt``/``zTXt``/``iTXt`` chunks of a PNG stream positioned after its signature; pixel data is skipped."""
+    import struct
+
+    out: dict[str, str] = {}
+    for _ in range(MAX_PNG_CHUNKS):
+        header = handle.read(8)
+        if len(header) < 8:
+            break  # cut short: keep what was read
+        length, kind = struct.unpack(">I4s", header)
+        if kind in (b"tEXt", b"zTXt", b"iTXt") and length <= MAX_TEXT_CHUNK:
+            data = handle.read(length)
+            handle.read(4)  # CRC
+            if len(data) < length:
+                break
+            key, value = _png_text_chunk(kind, data)
+            if key is not None:
+                out.setdefault(key, value)
+            continue
+        if kind == b"IEND":
+            break
+        if hasattr(handle, "seek"):
+            handle.seek(length + 4, os.SEEK_CUR)
+        else:
+            for _ in range(0, length + 4, 1 << 20):
+                handle.read(min(1 << 20, length + 4))
+    return out
+
+
+def _png_text_chunk(kind: bytes, data: bytes) -> tuple[str | None, str]:
+    key, sep, rest = data.partition(b"\0")
+    if not sep or not 0 < len(key) <= 79:
+        return None, ""
+    name = key.decode("latin-1")
+    if kind == b"tEXt":
+        return name, rest.decode("latin-1")
+    if kind == b"zTXt":
+        return name, _inflate(rest[1:]).decode("latin-1") if rest[:1] == b"\0" else ""
+    # iTXt: compression flag, method, language tag \0, translated keyword \0, text (UTF-8)
+    if len(rest) < 2:
+        return None, ""
+    compressed, method, rest = rest[0], rest[1], rest[2:]
+    parts = rest.split(b"\0", 2)
+    if len(parts) < 3:
+        return None, ""
+    body = parts[2]
+    if compressed:
+        if method != 0:
+            return None, ""
+        body = _inflate(body)
+    return name, body.decode("utf-8", errors="replace")
+
+
+def _inflate(data: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, MAX_TEXT_CHUNK + 1)
+    except zlib.error:
+        return b""
+    return b"" if len(out) > MAX_TEXT_CHUNK else out
+
+
 def user_dir(directory: str | os.PathLike | None = None) -> Path:
     """Where user presets live: ``directory``, else ``$ATTNKIT_PRESETS``, else ``$XDG_CONFIG_HOME/attnkit/presets``
     (``~/.config/attnkit/presets``). Never inside the package."""
@@ -331,6 +449,15 @@ def _user_path(name: str, directory) -> Path:
     if name.endswith(".") or ".." in name:
         raise PresetError(f"preset name {name!r} may not end with '.' or contain '..'")
     return user_dir(directory) / f"{name}.json"
+
+
+def _shown(value) -> str:
+    """``repr`` of a user's value, short (and safe for integers past Python's digit limit)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a number too long to show"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _too_big(size: int) -> str:
@@ -380,7 +507,7 @@ def _methods(entries, problems: list[str]) -> list[tuple[str, dict]]:
         for key in sorted(set(entry) - {"id", "params"}):
             problems.append(f"{path}.{key}: unknown key")
         method_id = entry.get("id")
-        if method_id not in REGISTRY:
+        if not isinstance(method_id, str) or method_id not in REGISTRY:
             problems.append(f"{path}.id: unknown method {method_id!r} (known: {', '.join(sorted(REGISTRY))})")
             continue
         if method_id in seen:
@@ -427,7 +554,7 @@ def _number(value, kind: str) -> bool:
 def _value(f: Field, value, path: str, problems: list[str]):
     """Check one option against its field row; returns the normalised value (tuples for windows, int keys)."""
     def bad(expected: str):
-        problems.append(f"{path}: expected {expected}, got {value!r}"[:300])
+        problems.append(f"{path}: expected {expected}, got {_shown(value)}")
 
     kind = f.kind
     if kind == "bool":
@@ -474,7 +601,7 @@ def _value(f: Field, value, path: str, problems: list[str]):
             return bad(f"an object of at most {f.limit} step: threshold pairs")
         out = {}
         for k, v in value.items():
-            if not (str(k).isdigit() and int(k) <= 1000) or not (_number(v, "float") and 0 <= v <= 1):
+            if not (re.fullmatch(r"[0-9]{1,4}", str(k)) and int(k) <= 1000) or not (_number(v, "float") and 0 <= v <= 1):
                 return bad("step numbers mapped to thresholds between 0 and 1")
             out[int(k)] = float(v)
         return out
@@ -519,5 +646,5 @@ def _settings(value, problems: list[str]) -> dict[str, Any]:
             out[key] = int(item) if kind == "int" else float(item)
         else:
             problems.append(f"settings.{key}: expected a{'n integer' if kind == 'int' else ' number'} "
-                            f"from {low:g} to {high:g}, got {item!r}"[:300])
+                            f"from {low:g} to {high:g}, got {_shown(item)}")
     return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from .errors import AttnKitError, WordNotFoundError
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*", re.UNICODE)
-_OCCURRENCE = re.compile(r"^(?P<text>.*?)#(?P<n>\d+)$")
+_OCCURRENCE = re.compile(r"^(?P<text>.*?)#(?P<n>[0-9]+)$")
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,10 @@ class TokenMap:
         text, which = query.strip(), None
         m = _OCCURRENCE.match(text)
         if m:
-            text, which = m.group("text").strip(), int(m.group("n"))
+            text, digits = m.group("text").strip(), m.group("n")
+            if len(digits) > 3:  # a 77-token prompt holds no word 1000 times
+                raise AttnKitError(f"{query[:40]!r}...: the occurrence number after '#' is too large (at most 999)")
+            which = int(digits)
             if which < 1:
                 raise AttnKitError(f"{query!r}: occurrences count from 1 (write {text}#1 for the first)")
         wanted = [w.lower() for w, _, _ in split_words(text)]

@@ -171,6 +171,7 @@ class Method:
             config = self.config_class(**fields)
         elif not isinstance(config, self.config_class):
             raise AttnKitError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        _check_sizes(self.id, config)
         self.config = config
 
     def controller(self, run: "Run") -> Controller:
@@ -185,3 +186,32 @@ class Method:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+#: most entries of any list or mapping option (words, token positions, windows, thresholds, conditions...); the field
+#: table's ``limit`` is tighter for some. A prompt holds at most 75 tokens, so more cannot mean more subjects; the cap
+#: keeps pairwise losses (A-STAR's is quadratic in the words) and per-word work bounded for every entry point.
+MAX_ITEMS = 32
+#: longest word or phrase in a words option
+MAX_WORD_CHARS = 200
+
+
+def _check_sizes(method_id: str, config) -> None:
+    """Refuse list and mapping options over their caps before any work starts (the field table's ``limit`` where
+    the option has a row, else :data:`MAX_ITEMS`)."""
+    from ..ui.fields import fields_for
+
+    limits = {f.name: f.limit for f in fields_for(method_id)}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not isinstance(value, (list, tuple, dict, set, frozenset)):
+            continue
+        limit = limits.get(f.name, MAX_ITEMS)
+        if len(value) > limit:
+            raise AttnKitError(f"{method_id}: {f.name} takes at most {limit} entries, got {len(value)}; "
+                               "pick fewer (the same word twice counts twice)")
+        texts = value if isinstance(value, (list, tuple, set, frozenset)) else value.keys()
+        for item in texts:
+            if isinstance(item, str) and len(item) > MAX_WORD_CHARS:
+                raise AttnKitError(f"{method_id}: {f.name} has an entry of {len(item)} characters; words and "
+                                   f"phrases are at most {MAX_WORD_CHARS}")
