@@ -174,20 +174,46 @@ def _pka_method(args):
 
 
 
+#: the flags of the generation settings a saved image carries
+_FLAGS = {"steps": "--steps", "guidance_scale": "--cfg", "width": "--width", "height": "--height", "seed": "--seed"}
+
+
+def _check_settings(args, seed: bool = True) -> None:
+    """The generation settings, held to the caps the saved image's settings are held to, before any work."""
+    from .presets import check_settings
+
+    check_settings({"steps": args.steps, "guidance_scale": args.cfg, "width": args.width, "height": args.height,
+                    "seed": args.seed if seed else None}, _FLAGS)
+
+
+def _check_outputs(images: dict[str, str | None], files: dict[str, str | None] = {}) -> None:  # noqa: B006
+    """Every output path writable as asked, before any work: an existing folder, an image format PIL writes."""
+    from PIL import Image
+
+    writable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    for flag, path in {**images, **files}.items():
+        if not path:
+            continue
+        target = Path(path).expanduser()
+        if target.is_dir():
+            raise AttnKitError(f"{flag} {path} is a folder; give a file name, e.g. {target / 'out.png'}")
+        if not target.resolve().parent.is_dir():
+            raise AttnKitError(f"cannot write {flag} {path}: its folder does not exist")
+        if flag in images and target.suffix.lower() not in writable:
+            raise AttnKitError(f"{flag} {path}: unknown image type {target.suffix or '(no extension)'!r}; "
+                               "use .png (keeps the settings), .jpg or .webp")
+
+
 def _generate(args) -> int:
     from tqdm.auto import tqdm
 
     from .methods import REGISTRY
     from .models import TINY_IMAGE_SIZE, is_tiny, load_pipeline
+    from .presets import PresetError
     from .runtime import generate
 
-    for name in ("steps", "height", "width"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise AttnKitError(f"--{name} must be a positive integer, got {value}")
-    for path in (args.out, args.maps, args.report):
-        if path and not Path(path).expanduser().resolve().parent.is_dir():
-            raise AttnKitError(f"cannot write {path}: its folder does not exist")
+    _check_settings(args)
+    _check_outputs({"--out": args.out, "--maps": args.maps}, {"--report": args.report})
     methods = _method_objects(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config)
     tiny = is_tiny(pipe)
@@ -225,9 +251,13 @@ def _generate(args) -> int:
         if height and width:
             settings.update(width=width, height=height)
         presettable = [m for m in methods if m.id in REGISTRY]  # condition images (pka) are not preset data
-        Preset.from_methods(presettable, settings=settings).save_png(
-            result.images[0], args.out, prompt=args.prompt, negative_prompt=args.negative_prompt or "",
-            model=args.model)
+        try:
+            info = Preset.from_methods(presettable, settings=settings).png_info(
+                prompt=args.prompt, negative_prompt=args.negative_prompt or "", model=args.model)
+        except PresetError as exc:  # the image is kept whatever happens to its settings
+            info = None
+            print(f"warning: {args.out} is saved without its settings ({exc})", file=sys.stderr)
+        result.images[0].save(args.out, format="PNG", pnginfo=info)
     else:
         result.images[0].save(args.out)
     print(f"saved {args.out}")
@@ -257,9 +287,9 @@ def _edit(args) -> int:
     from .editing import edit, parse_scales, parse_window
     from .models import is_tiny, load_pipeline
 
-    for path in (args.out, args.reconstruction, args.grid, args.maps, args.report):
-        if path and not Path(path).expanduser().resolve().parent.is_dir():
-            raise AttnKitError(f"cannot write {path}: its folder does not exist")
+    _check_settings(args)
+    _check_outputs({"--out": args.out, "--reconstruction": args.reconstruction, "--grid": args.grid,
+                    "--maps": args.maps}, {"--report": args.report})
     if not Path(args.image).expanduser().is_file():
         raise AttnKitError(f"--image {args.image}: no such file")
     words = _split(args.words)

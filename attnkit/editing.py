@@ -527,14 +527,22 @@ def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, edit: str | P
     """
     from diffusers.utils.torch_utils import randn_tensor
 
-    from .runtime import Result, attach
+    from .runtime import Result, attach, check_call
 
     method = _p2p_method(edit, {k: kwargs.pop(k) for k in list(kwargs) if k in _P2P_FIELDS})
     for name in ("prompt", "num_images_per_prompt", "latents"):
         if name in kwargs and not (name == "num_images_per_prompt" and kwargs[name] == 1):
             raise AttnKitError(f"prompt_to_prompt sets {name} itself; remove it from the arguments")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise AttnKitError(f"seed={seed!r} must be a non-negative integer")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise AttnKitError("seed must be an integer from 0 to 2**64 - 1")
+    check_call(kwargs)
+    for name in ("negative_prompt", "negative_prompt_2"):  # one negative for both images of the pair
+        value = kwargs.get(name)
+        if isinstance(value, str):
+            kwargs[name] = [value, value]
+        elif value is not None and (not isinstance(value, (list, tuple)) or len(value) != 2
+                                    or not all(isinstance(v, str) for v in value)):
+            raise AttnKitError(f"{name} is one text (used for both images) or a list of two texts")
     generator = kwargs.pop("generator", None)
     if generator is None and seed is not None:
         generator = torch.Generator("cpu").manual_seed(seed)

@@ -16,6 +16,10 @@ class WordNotFoundError(AttnKitError):
     """A word or phrase that a method targets does not occur in the prompt."""
 
 
+class WordCutOffError(AttnKitError):
+    """The word is in the prompt, but past the tokens the model keeps (the prompt is too long)."""
+
+
 class AlreadyAttachedError(AttnKitError):
     """``attach`` was called on a pipeline that attnkit is already attached to."""
 

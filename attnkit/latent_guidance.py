@@ -124,6 +124,12 @@ class LatentController(Controller):
 
     def bind(self, layers, latent_hw):
         self.grid = choose_grid(layers, latent_hw, self.config.attn_res)
+        if min(self.grid) < 2 and self.config.smoothing != "none":  # the 3x3 kernel reflect-pads by 1
+            raise AttnKitError(
+                f"{self.method.id}: its maps are {self.grid[0]}x{self.grid[1]} at this image size, too small to "
+                f"smooth (2x2 at least); make the image larger, pick a finer map resolution (attn_res) or set "
+                "smoothing to none"
+            )
         self.prob_layers = frozenset(i.index for i in layers if i.is_text_attention and i.grid == self.grid)
         self.layers = layers
         self.report.data["attn_res"] = self.grid
@@ -171,3 +177,4 @@ class LatentController(Controller):
     def descend(loss: torch.Tensor, latent: torch.Tensor, size: float) -> torch.Tensor:
         grad = torch.autograd.grad(loss, [latent])[0]
         return latent - size * grad
+

@@ -335,12 +335,12 @@ def _checkpoint_family(path: Path) -> str:
             with safe_open(str(path), framework="pt") as f:
                 keys = set(f.keys())
         except Exception as exc:  # a truncated or non-safetensors file
-            raise ModelLoadError(f"{path} is not a readable .safetensors file ({exc})") from exc
+            raise ModelLoadError(f"{path} is not a readable .safetensors file ({_one_line(exc)})") from exc
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ModelLoadError(f"{path} is not a readable checkpoint ({exc})") from exc
+            raise ModelLoadError(f"{path} is not a readable checkpoint ({_one_line(exc)})") from exc
         keys = set(state.get("state_dict", state).keys())
     if any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys):
         return "flux"
@@ -378,10 +378,38 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None):
         raise
     except Exception as exc:
         raise ModelLoadError(
-            f"could not load {path} as a {family} checkpoint: {exc}. Offline, pass config=<a local diffusers "
+            f"could not load {path} as a {family} checkpoint: {_one_line(exc)}. Offline, pass config=<a local diffusers "
             "folder of the same architecture> (CLI: --config)"
         ) from exc
 
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line (library errors often span many)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def check_device(device) -> str:
+    """``device`` as a string torch accepts and this machine has, or a :class:`ModelLoadError` saying what to use."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"device {str(device)[:40]!r} is not a device name; use cpu, cuda, cuda:1 or mps") \
+            from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelLoadError(f"device {device!r}: this machine has no CUDA GPU available; use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ModelLoadError(f"device {device!r}: this machine has {count} CUDA GPU(s) (cuda:0 to "
+                                 f"cuda:{count - 1})")
+    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {device!r}: MPS is not available on this machine; use cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ModelLoadError(f"device {device!r} is not supported; use cpu, cuda or mps")
+    return str(device)
 
 
 def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=None, config: str | None = None):
@@ -403,7 +431,7 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
         ModelLoadError: the source does not exist or cannot be loaded; the message says what to pass instead.
         UnsupportedModelError: it loaded, but is not an SD/SDXL/Flux pipeline.
     """
-    device = device or default_device()
+    device = check_device(device or default_device())
     torch_dtype = _resolve_dtype(dtype, device)
     name = os.fspath(source)
     if name in TINY_NAMES:
@@ -423,7 +451,7 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
         try:
             pipe = DiffusionPipeline.from_pretrained(str(path), **_dtype_kwargs(torch_dtype))
         except Exception as exc:
-            raise ModelLoadError(f"could not load the diffusers folder {path}: {exc}") from exc
+            raise ModelLoadError(f"could not load the diffusers folder {path}: {_one_line(exc)}") from exc
     elif path.is_file():
         if path.suffix not in (".safetensors", ".ckpt"):
             raise ModelLoadError(f"{path} is a file but not a .safetensors or .ckpt checkpoint")

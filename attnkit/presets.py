@@ -451,6 +451,10 @@ def _user_path(name: str, directory) -> Path:
     return user_dir(directory) / f"{name}.json"
 
 
+def _bound(value, kind: str) -> str:
+    return str(int(value)) if kind == "int" else f"{value:g}"
+
+
 def _shown(value) -> str:
     """``repr`` of a user's value, short (and safe for integers past Python's digit limit)."""
     try:
@@ -627,6 +631,19 @@ def _window(value):
     return None
 
 
+def check_settings(settings: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """``settings`` held to the caps a preset carries (:data:`SETTINGS`), all problems in one
+    :class:`PresetError`; ``labels`` renames the keys in the message (``{"guidance_scale": "--cfg"}``)."""
+    problems: list[str] = []
+    out = _settings({k: v for k, v in settings.items() if v is not None}, problems)
+    if problems:
+        text = "; ".join(problems)
+        for key, label in (labels or {}).items():
+            text = text.replace(f"settings.{key}:", f"{label}:")
+        raise PresetError(text)
+    return out
+
+
 def _settings(value, problems: list[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         problems.append("settings: expected an object")
@@ -642,9 +659,11 @@ def _settings(value, problems: list[str]) -> dict[str, Any]:
                 out[key] = item
             else:
                 problems.append(f"settings.{key}: expected text of at most 1000 characters")
-        elif _number(item, kind) and low <= item <= high:
+        elif _number(item, kind) and low <= item <= high and (key not in ("width", "height") or item % 8 == 0):
             out[key] = int(item) if kind == "int" else float(item)
+        elif key in ("width", "height") and _number(item, kind) and low <= item <= high:
+            problems.append(f"settings.{key}: expected a multiple of 8, got {_shown(item)}")
         else:
             problems.append(f"settings.{key}: expected a{'n integer' if kind == 'int' else ' number'} "
-                            f"from {low:g} to {high:g}, got {_shown(item)}")
+                            f"from {_bound(low, kind)} to {_bound(high, kind)}, got {_shown(item)}")
     return out

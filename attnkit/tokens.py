@@ -19,7 +19,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
-from .errors import AttnKitError, WordNotFoundError
+from .errors import AttnKitError, WordCutOffError, WordNotFoundError
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*", re.UNICODE)
 _OCCURRENCE = re.compile(r"^(?P<text>.*?)#(?P<n>[0-9]+)$")
@@ -180,7 +180,7 @@ class TokenMap:
             if not positions:
                 raise self._not_found(text, "produces no tokens in")
             if positions[-1] > self.last_kept:
-                raise AttnKitError(
+                raise WordCutOffError(
                     f"{query!r} is at token {positions[-1]} of {self.name}, but the pipeline keeps only the first "
                     f"{self.last_kept} tokens of the prompt ({self.length} tokens); the rest is cut off. Shorten the "
                     "prompt or move the word earlier."

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import AttnKitError
+from ..errors import AttnKitError, WordCutOffError
 from ..layers import choose_grid
 from ..steps import check_window
 from .base import Controller, Method
@@ -87,7 +87,23 @@ class ObserveController(Controller):
         queries = self.config.words if self.config.words is not None else _every_word(tokens.words())
         if not queries:
             raise AttnKitError(f"observe: the prompt {run.prompt!r} has no words to map")
-        self.spans = {q: tokens.find(q) for q in queries}
+        self.spans = {}
+        cut = []
+        for q in queries:
+            try:
+                self.spans[q] = tokens.find(q)
+            except WordCutOffError:
+                if self.config.words is not None:  # words the user picked must all be there
+                    raise
+                cut.append(q)
+        if cut:
+            kept = tokens.attention.last_kept
+            self.report.warnings.append(
+                f"the prompt is longer than the {kept} tokens the model reads; {len(cut)} words after that are "
+                f"cut off and not mapped ({', '.join(cut[:6])}{', ...' if len(cut) > 6 else ''})")
+        if not self.spans:
+            raise AttnKitError(f"observe: none of the prompt's words is within the {tokens.attention.last_kept} "
+                               "tokens the model reads")
         positions = sorted({p for span in self.spans.values() for p in span.positions})
         self.positions = torch.tensor(positions, dtype=torch.long)
         self.columns = {q: [positions.index(p) for p in span.positions] for q, span in self.spans.items()}

@@ -42,8 +42,8 @@ def test_generate_writes_image_maps_and_report(tmp_path, capsys):
         (["--method", "structured", "--phrases", "blue car"], "attnkit: error: 'blue car' is not in the prompt"),
         (["--maps", "m.png"], "attnkit: error: --maps needs --method observe"),
         (["--model", "/nonexistent/model.safetensors"], "attnkit: error: no such file or folder"),
-        (["--steps", "0"], "attnkit: error: --steps must be a positive integer"),
-        (["--out", "/nonexistent/dir/o.png"], "attnkit: error: cannot write /nonexistent/dir/o.png"),
+        (["--steps", "0"], "attnkit: error: --steps: expected an integer from 1 to 200, got 0"),
+        (["--out", "/nonexistent/dir/o.png"], "attnkit: error: cannot write --out /nonexistent/dir/o.png"),
         (["--method", "observe", "--resolution", "3"], "attnkit: error: resolution 3x3 has no cross-attention"),
     ],
 )
@@ -138,3 +138,59 @@ def test_condition_errors_are_one_line(tmp_path, capsys, extra, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--cfg", "31"], "--cfg: expected a number from 0 to 30, got 31.0"),
+    (["--seed", "4294967296"], "--seed: expected an integer from 0 to 4294967295, got 4294967296"),
+    (["--steps", "201"], "--steps: expected an integer from 1 to 200, got 201"),
+    (["--width", "4104"], "--width: expected an integer from 64 to 4096, got 4104"),
+    (["--height", "100"], "--height: expected a multiple of 8, got 100"),
+    (["--height", "-64"], "--height: expected an integer from 64 to 4096, got -64"),
+    (["--out", "."], "--out . is a folder; give a file name"),
+    (["--out", "x.xyz"], "--out x.xyz: unknown image type '.xyz'"),
+    (["--maps", "m", "--method", "observe"], "--maps m: unknown image type '(no extension)'"),
+    (["--device", "bogus"], "device 'bogus' is not a device name"),
+    (["--device", "cuda:7"], "device 'cuda:7'"),
+])
+def test_every_input_is_checked_before_any_work(extra, message, tmp_path, monkeypatch, capsys):
+    """Caps, output paths and the device are refused before the model loads: nothing is made and thrown away."""
+    import attnkit.models
+
+    monkeypatch.chdir(tmp_path)
+    loaded = []
+    real = attnkit.models.tiny_pipeline
+    monkeypatch.setattr(attnkit.models, "tiny_pipeline", lambda *a, **k: loaded.append(1) or real(*a, **k))
+    assert main(BASE + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("attnkit: error: ") and message in err[0], err
+    assert not loaded, "the model was loaded before the input was checked"
+    assert not list(tmp_path.iterdir())
+
+
+def test_edit_steps_0_is_refused(tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64)).save(photo)
+    assert main(["edit", "--image", str(photo), "--source", "a cat", "--target", "a dog", "--steps", "0"]) == 2
+    assert "--steps: expected an integer from 1 to 200, got 0" in capsys.readouterr().err
+
+
+def test_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "model.ckpt"
+    bad.write_bytes(b"PK\x03\x04" + b"\0" * 200)
+    assert main(BASE + ["--model", str(bad), "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a readable checkpoint" in err[0], err
+
+
+def test_a_finished_image_is_kept_when_its_settings_cannot_be_written(tmp_path, capsys, monkeypatch):
+    from attnkit.presets import Preset, PresetError
+
+    def refuse(self, *a, **k):
+        raise PresetError("settings.steps: out of range")
+
+    monkeypatch.setattr(Preset, "png_info", refuse)
+    out = tmp_path / "o.png"
+    assert main(BASE + ["--out", str(out)]) == 0
+    assert Image.open(out).size == (64, 64)
+    assert "saved without its settings (settings.steps: out of range)" in capsys.readouterr().err
