@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import math
 import os
@@ -287,12 +288,56 @@ class Preset:
                 out[preset.name] = preset
         return out
 
-    def save(self, directory: str | os.PathLike | None = None) -> Path:
-        """Write this preset to the user preset folder (see :func:`user_dir`) as ``<name>.json``."""
+    def save(self, directory: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+        """Write this preset to the user preset folder (see :func:`user_dir`) as ``<name>.json``.
+
+        The file is written whole or not at all (a temporary file in the same folder, then ``os.replace``): a full
+        disk or a killed process never leaves a truncated preset or loses the one it replaces. A preset of the same
+        name is replaced only with ``overwrite=True``.
+
+        Raises:
+            PresetError: the name is taken (without ``overwrite``), or the folder cannot be written (the message
+                says why and where).
+        """
+        import tempfile
+
         path = _user_path(self.name, directory)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json(), encoding="utf-8")
+        if path.exists() and not overwrite:
+            raise PresetError(f"a preset named {self.name!r} already exists; choose another name or delete it first")
+        text = self.to_json()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(handle, "w", encoding="utf-8") as out:
+                    out.write(text)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+        except OSError as exc:
+            raise PresetError(f"could not save preset {self.name!r} in {path.parent}: {exc.strerror or exc}; check "
+                              "that the folder is writable and the disk has space (nothing was changed)") from None
         return path
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "Preset":
+        """A preset from a ``.json`` file (read up to the size cap, never further) or an image's metadata."""
+        path = Path(path)
+        if path.suffix.lower() != ".json":
+            return cls.from_png(path)
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_JSON_BYTES + 1)
+        except OSError as exc:
+            raise PresetError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+        if len(data) > MAX_JSON_BYTES:
+            raise PresetError(f"{path.name} is too large for a preset (presets are at most "
+                              f"{MAX_JSON_BYTES // 1024} KiB)")
+        return cls.from_json(data)
 
     @classmethod
     def load(cls, name: str, directory: str | os.PathLike | None = None) -> "Preset":
@@ -305,7 +350,7 @@ class Preset:
                 return builtins[name]
             raise
         if path.is_file():
-            return cls.from_json(path.read_bytes())
+            return cls.from_file(path)
         if name in builtins:
             return builtins[name]
         raise PresetError(f"no preset named {name!r}; saved presets: {', '.join(user_presets(directory)) or 'none'}")
@@ -437,7 +482,10 @@ def delete_preset(name: str, directory: str | os.PathLike | None = None) -> None
     path = _user_path(name, directory)
     if not path.is_file():
         raise PresetError(f"no saved preset named {name!r}")
-    path.unlink()
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise PresetError(f"could not delete preset {name!r} in {path.parent}: {exc.strerror or exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------ validation

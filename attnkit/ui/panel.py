@@ -462,8 +462,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 return [gr.update() for _ in preset_outputs]
             path = upload if isinstance(upload, str) else upload.name
             try:
-                preset = Preset.from_json(Path(path).read_bytes()) if path.endswith(".json") else Preset.from_png(path)
-                return apply(preset)
+                return apply(Preset.from_file(path))
             except AttnKitError as exc:
                 raise gr.Error(str(exc)) from None
 

@@ -184,3 +184,68 @@ def test_reading_anything_is_a_preset_or_a_preset_error_fast_and_small(text, blo
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
         assert time.perf_counter() - start < 2 and peak < 200 * 2 ** 20
+
+
+# ------------------------------------------------------------------------------------------------ preset files
+
+
+def test_saving_refuses_to_overwrite_and_is_atomic(tmp_path, monkeypatch):
+    import os
+
+    first = Preset.from_methods([Observe()], name="mine")
+    first.save(tmp_path)
+    second = Preset.from_methods([StructuredGuidance()], name="mine")
+    with pytest.raises(PresetError, match="a preset named 'mine' already exists; choose another name or delete it"):
+        second.save(tmp_path)
+    assert Preset.load("mine", tmp_path) == first
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)  # the write fails after the temporary file was opened
+    with pytest.raises(PresetError, match="could not save preset 'mine' .*No space left on device.*nothing was changed"):
+        second.save(tmp_path, overwrite=True)
+    monkeypatch.undo()
+    assert Preset.load("mine", tmp_path) == first, "the old preset was lost"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.json"], "a temporary file was left behind"
+    second.save(tmp_path, overwrite=True)
+    assert Preset.load("mine", tmp_path) == second
+
+
+def test_killed_mid_save_leaves_the_old_preset(tmp_path):
+    """A process killed while saving (SIGKILL right after the write starts) leaves the old file whole."""
+    import subprocess
+    import sys
+
+    Preset.from_methods([Observe()], name="kept").save(tmp_path)
+    script = (
+        "import os, signal, sys\n"
+        "from attnkit.presets import Preset\n"
+        "from attnkit.methods import StructuredGuidance\n"
+        "real = os.fsync\n"
+        "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"Preset.from_methods([StructuredGuidance()], name='kept').save({str(tmp_path)!r}, overwrite=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert done.returncode != 0
+    assert Preset.load("kept", tmp_path).methods == [("observe", {})]
+
+
+def test_unwritable_folder_is_a_preset_error(tmp_path):
+    folder = tmp_path / "file-not-folder"
+    folder.write_text("x")
+    with pytest.raises(PresetError, match="could not save preset 'p' in .*file-not-folder"):
+        Preset.from_methods([Observe()], name="p").save(folder)
+
+
+def test_a_huge_json_upload_is_not_read_past_the_cap(tmp_path):
+    big = tmp_path / "big.json"
+    with open(big, "wb") as handle:
+        handle.seek(300 << 20)  # a 300 MB file (sparse: cheap to make)
+        handle.write(b" ")
+    tracemalloc.start()
+    with pytest.raises(PresetError, match="big.json is too large for a preset"):
+        Preset.from_file(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20
