@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -188,16 +189,28 @@ def _size(pipe, height, width) -> tuple[int, int]:
     return h, w
 
 
+#: the largest input image accepted, in pixels (64 megapixels: an 8000x8000 photo); larger is refused from its
+#: header, before any pixel is decoded
+MAX_INPUT_PIXELS = 64_000_000
+
+
 def load_image(image, size: tuple[int, int]):
     """``image`` (a PIL image, a path, an ``(H, W, 3)`` array in [0, 1] or [0, 255]) centre-cropped to the aspect of
-    ``size = (h, w)`` and resized to it, as an RGB PIL image."""
+    ``size = (h, w)`` and resized to it, as an RGB PIL image.
+
+    The crop comes first, so only the kept part is resized (a 1x40000 strip costs what its pixels cost). A file that
+    is not an image, is cut short, or declares more than :data:`MAX_INPUT_PIXELS` pixels is an
+    :class:`~attnkit.AttnKitError` naming the file.
+    """
     from PIL import Image
 
+    name = "the image"
     if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        name = f"the image {os.fsdecode(image)!r}" if not isinstance(image, bytes) or len(image) < 300 else name
         try:
             image = Image.open(image)
-        except (OSError, ValueError) as exc:
-            raise AttnKitError(f"cannot read the image {image!r}: {exc}") from None
+        except Exception as exc:  # not an image, unreadable, a decompression bomb...
+            raise AttnKitError(f"cannot read {name}: {_reason(exc)}") from None
     elif isinstance(image, np.ndarray):
         array = image.astype(np.float32)
         if array.ndim != 3 or array.shape[-1] not in (3, 4):
@@ -207,12 +220,27 @@ def load_image(image, size: tuple[int, int]):
         image = Image.fromarray(array[..., :3].clip(0, 255).astype(np.uint8))
     elif not isinstance(image, Image.Image):
         raise AttnKitError(f"image must be a PIL image, a file path or an array, got {type(image).__name__}")
-    image = image.convert("RGB")
+    if image.width * image.height > MAX_INPUT_PIXELS:
+        raise AttnKitError(f"{name} is {image.width}x{image.height} pixels; at most {MAX_INPUT_PIXELS // 1_000_000} "
+                           "megapixels are read (scale it down first)")
+    if image.width < 1 or image.height < 1:
+        raise AttnKitError(f"{name} has no pixels ({image.width}x{image.height})")
     h, w = size
+    # the largest box of the target's aspect, centred, in the source's pixels
     scale = max(h / image.height, w / image.width)
-    resized = image.resize((max(w, round(image.width * scale)), max(h, round(image.height * scale))), Image.LANCZOS)
-    left, top = (resized.width - w) // 2, (resized.height - h) // 2
-    return resized.crop((left, top, left + w, top + h))
+    box_w, box_h = min(image.width, max(1, round(w / scale))), min(image.height, max(1, round(h / scale)))
+    left, top = (image.width - box_w) // 2, (image.height - box_h) // 2
+    try:
+        cropped = image.crop((left, top, left + box_w, top + box_h)).convert("RGB")
+        return cropped.resize((w, h), Image.LANCZOS)
+    except Exception as exc:  # truncated data shows up when the pixels are decoded
+        raise AttnKitError(f"cannot read {name}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def pixels(image) -> torch.Tensor:

@@ -160,10 +160,7 @@ class Run:
                 f"attnkit takes one prompt per call, got a list of {len(prompt)}; call once per prompt and use "
                 "num_images_per_prompt for several images"
             )
-        self.methods = list(methods)
-        for m in self.methods:
-            if not isinstance(m, Method):
-                raise AttnKitError(f"methods must be attnkit.methods objects such as Observe(...), got {m!r}")
+        self.methods = check_methods(methods)
         ids = [m.id for m in self.methods]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -763,12 +760,13 @@ def check_methods(methods) -> list:
     if isinstance(methods, Method):
         raise AttnKitError(f"methods is a list: pass [{type(methods).__name__}(...)], not {type(methods).__name__}(...)")
     if isinstance(methods, (str, bytes, dict)) or not hasattr(methods, "__iter__"):
-        raise AttnKitError(f"methods must be a list of attnkit methods, got {type(methods).__name__}")
+        raise AttnKitError(f"methods must be a list of attnkit.methods objects, got {type(methods).__name__}")
     methods = list(methods)
     for m in methods:
         if not isinstance(m, Method):
             hint = " (call it: Observe(), not Observe)" if isinstance(m, type) and issubclass(m, Method) else ""
-            raise AttnKitError(f"methods must hold attnkit methods, got {type(m).__name__}{hint}")
+            raise AttnKitError(f"methods must be attnkit.methods objects such as Observe(...), got "
+                               f"{type(m).__name__}{hint}")
     return methods
 
 

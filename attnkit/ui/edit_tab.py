@@ -46,7 +46,7 @@ def edit_knobs(edit_type, reweight, blend_words, blend_threshold, cross_replace,
 def build_edit_tab(gr, state):
     """The Edit tab's widgets and events (inside a ``gr.Tab``); ``state`` is the app's :class:`AppState`."""
     from ..editing import edit
-    from .panel import session_of, words_update
+    from .panel import session_of, takes_request, words_update
 
     with gr.Row():
         with gr.Column(scale=3):
@@ -143,6 +143,7 @@ def build_edit_tab(gr, state):
             logger.exception("attnkit edit failed")
             raise gr.Error(f"edit failed: {type(exc).__name__}: {exc}") from None
 
+    takes_request(gr, run_edit)
     return {
         "photo": photo, "source": source, "target": target, "picker": picker, "picked": picked,
         "inputs": [photo, source, target, picked, edit_type, reweight, blend_words, blend_threshold, cross_replace,

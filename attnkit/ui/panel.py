@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import AttnKitError
 from ..methods import REGISTRY, get_method
-from ..presets import Preset, PresetError, delete_preset, user_presets
+from ..presets import Preset, PresetError, check_settings, delete_preset, user_presets
 from .fields import Field, fields_for
 
 logger = logging.getLogger("attnkit")
@@ -70,6 +70,29 @@ class AppState:
         """The Stop buttons: flag the requesting browser session's run to stop."""
         self.stop_event(session_of(request)).set()
         return "Stopping..."
+
+
+#: the app's names of the generation settings, for messages
+_LABELS = {"steps": "Steps", "guidance_scale": "CFG scale", "seed": "Seed", "width": "Width", "height": "Height"}
+
+
+def _whole(value, label: str) -> int:
+    """A number box's value as a whole number (Gradio hands floats), or a message naming the box."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise AttnKitError(f"{label}: type a whole number") from None
+    if number != number or number in (float("inf"), float("-inf")) or number != int(number):
+        raise AttnKitError(f"{label}: type a whole number, got {value!r}")
+    return int(number)
+
+
+def takes_request(gr, fn):
+    """Make Gradio hand ``fn`` its ``gr.Request``: Gradio finds the parameter by its annotation, and under
+    ``from __future__ import annotations`` that is the string ``"gr.Request"``, which it cannot resolve (``gr`` is not
+    a module global here), so ``request`` stayed ``None`` and every browser shared one stop flag."""
+    fn.__annotations__["request"] = gr.Request
+    return fn
 
 
 def session_of(request) -> str:
@@ -253,7 +276,8 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                     # the picked words as text: what generation reads (API callers pass it directly)
                     picked = gr.Textbox(visible=False, elem_id="ak-picked")
                     with gr.Row():
-                        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="ak-seed")
+                        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=2**32 - 1,
+                                         elem_id="ak-seed")
                         steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="ak-steps")
                         cfg = gr.Slider(0, 20, value=7.5, step=0.5, label="CFG scale", elem_id="ak-cfg")
                     with gr.Row():
@@ -311,8 +335,10 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
         model.change(update_words, [model, prompt, picker], picker)
         picker.change(lambda chosen: ", ".join(chosen or []), picker, picked)
 
-        def run(model_name, text, neg, words, seed_value, n_steps, scale, w, h, baseline, *values,
-                request: gr.Request = None, progress=gr.Progress()):
+        # Gradio fills in only positional parameters before ``*values``: the request (a session's own stop flag)
+        # first, the progress tracker after the fixed inputs
+        def run(request: gr.Request, model_name, text, neg, words, seed_value, n_steps, scale, w, h, baseline,
+                progress=gr.Progress(), *values):
             stop = state.stop_event(session_of(request))
             stop.clear()
             try:
@@ -323,9 +349,12 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 pka = pka_from_controls(values[len(method_ids) + len(flat):])
                 if pka is not None:
                     methods.append(pka)
+                settings = check_settings({"steps": _whole(n_steps, "Steps"), "guidance_scale": float(scale),
+                                           "seed": _whole(seed_value, "Seed"), "width": _whole(w, "Width"),
+                                           "height": _whole(h, "Height")}, _LABELS)
                 pipe, lock = state.pipe(model_name)
-                kwargs = dict(num_inference_steps=int(n_steps), guidance_scale=float(scale), width=int(w),
-                              height=int(h))
+                kwargs = dict(num_inference_steps=settings["steps"], guidance_scale=settings["guidance_scale"],
+                              width=settings["width"], height=settings["height"])
                 if neg:
                     kwargs["negative_prompt"] = neg
 
@@ -338,11 +367,11 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                     return {}
 
                 with lock:
-                    result = generate(pipe, text, methods, seed=int(seed_value), on_step=on_step,
+                    result = generate(pipe, text, methods, seed=settings["seed"], on_step=on_step,
                                       callback_on_step_end=halt, **kwargs)
                     base = None
                     if baseline and not stop.is_set():
-                        base = generate(pipe, text, [], seed=int(seed_value), callback_on_step_end=halt, **kwargs)
+                        base = generate(pipe, text, [], seed=settings["seed"], callback_on_step_end=halt, **kwargs)
                 if stop.is_set():
                     return gr.update(), gr.update(), gr.update(), "Stopped; the pipeline is restored."
                 gallery = [(result.images[0], "attnkit")]
@@ -356,12 +385,15 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                         maps.append((overlay(result.images[0], m[0]), f"{method_id}: {word}"))
                 # presets carry the methods of the field table; condition images (pka) are not preset data
                 presettable = [m for m in methods if m.id in REGISTRY]
-                preset = Preset.from_methods(presettable, settings={"steps": int(n_steps), "guidance_scale": float(scale),
-                                                                 "seed": int(seed_value), "width": int(w),
-                                                                 "height": int(h)})
+                notes = list(result.report.warnings)
                 out = Path(tempfile.mkdtemp(prefix="attnkit-")) / "attnkit.png"
-                preset.save_png(result.images[0], out, prompt=text, negative_prompt=neg or "", model=model_name)
-                notes = result.report.warnings
+                try:
+                    info = Preset.from_methods(presettable, settings=settings).png_info(
+                        prompt=text, negative_prompt=neg or "", model=model_name)
+                except PresetError as exc:  # the image is kept whatever happens to its settings
+                    info = None
+                    notes.append(f"the PNG is saved without its settings ({exc})")
+                result.images[0].save(out, format="PNG", pnginfo=info)
                 message = "Done." + "".join(f"\n- {n}" for n in notes)
                 return gallery, maps, str(out), message
             except AttnKitError as exc:
@@ -370,6 +402,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 logger.exception("attnkit generation failed")
                 raise gr.Error(f"generation failed: {type(exc).__name__}: {exc}") from None
 
+        takes_request(gr, run)
         event = run_button.click(
             run, [model, prompt, negative, picked, seed, steps, cfg, width, height, compare, *toggle_list, *widgets,
                   *condition_inputs],
@@ -386,6 +419,8 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
 
         def request_stop(request: gr.Request = None):
             return state.request_stop(request)
+
+        takes_request(gr, request_stop)
 
         stop_button.click(request_stop, None, status, queue=False)
 

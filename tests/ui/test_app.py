@@ -218,3 +218,45 @@ def test_conditions_section_runs_pka_on_flux(app, tmp_path):
     with pytest.raises(Exception, match="pick the prompt word that names it"):
         client.predict("tiny-flux", "a cat on a sofa", "", "", 0, 2, 3.5, 64, 64, False, *defaults(), *inputs,
                        api_name="/run")
+
+
+def test_stop_is_per_browser_session(app):
+    """One browser's Stop never stops another's run, and a new run never clears another session's Stop."""
+    import time
+
+    runner, other = Client(app.local_url, verbose=False), Client(app.local_url, verbose=False)
+    state = app.attnkit_state
+
+    def wait_for_run():
+        deadline = time.time() + 60
+        while not state.locks["tiny-sd15"].locked() and time.time() < deadline:
+            time.sleep(0.05)
+
+    job = runner.submit("tiny-sd15", "a cat and a dog", "", "", 0, 40, 7.5, 64, 64, False,
+                        *defaults(), *no_conditions(), api_name="/run")
+    wait_for_run()
+    other.predict(api_name="/request_stop")  # another browser presses Stop
+    assert job.result(timeout=300)[3].startswith("Done."), "another session's Stop stopped this run"
+    assert state.stops[other.session_hash].is_set() and not state.stops[runner.session_hash].is_set()
+
+    job = runner.submit("tiny-sd15", "a cat and a dog", "", "", 0, 150, 7.5, 64, 64, False,
+                        *defaults(), *no_conditions(), api_name="/run")
+    wait_for_run()
+    runner.predict(api_name="/request_stop")
+    assert job.result(timeout=300)[3] == "Stopped; the pipeline is restored."
+
+
+@pytest.mark.parametrize("seed, message", [(2**32, "greater than maximum value 4294967295"),
+                                           (1.5, "Seed: type a whole number")])
+def test_settings_over_the_caps_are_refused_before_generating(app, seed, message):
+    client = Client(app.local_url, verbose=False)
+    calls = []
+    pipe = app.attnkit_state.pipe("tiny-sd15")[0]
+    hook = pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(Exception, match=message):
+            client.predict("tiny-sd15", "a cat", "", "", seed, 3, 7.5, 64, 64, False, *defaults(), *no_conditions(),
+                           api_name="/run")
+    finally:
+        hook.remove()
+    assert not calls, "the image was generated before the settings were checked"

@@ -249,3 +249,40 @@ def test_a_huge_json_upload_is_not_read_past_the_cap(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 1 << 20
+
+
+# ------------------------------------------------------------------------------------------------ image inputs
+
+
+def test_a_long_strip_is_cropped_before_it_is_resized(tmp_path):
+    from attnkit.editing import load_image
+
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (1, 40000), "white").save(path)
+    assert path.stat().st_size < 2000
+    tracemalloc.start()
+    out = load_image(path, (512, 512))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.size == (512, 512) and peak < 20 * 2 ** 20
+
+
+@pytest.mark.parametrize("case", ["truncated", "bomb", "not an image", "too many pixels"])
+def test_bad_image_files_are_one_line_errors(tmp_path, case):
+    from attnkit.editing import load_image
+
+    path = tmp_path / "photo.png"
+    if case == "truncated":
+        Image.new("RGB", (256, 256), "red").save(path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif case == "bomb":
+        path.write_bytes(png(100000, 100000, idat=zlib.compress(b"\0" * 1000)))
+    elif case == "not an image":
+        path.write_bytes(b"hello")
+    else:
+        path.write_bytes(png(9000, 9000, idat=zlib.compress(b"\0" * 1000)))
+    with pytest.raises(AttnKitError) as err:
+        load_image(path, (64, 64))
+    message = str(err.value)
+    assert message.startswith(f"cannot read the image {str(path)!r}") or "megapixels are read" in message, message
+    assert "\n" not in message
