@@ -246,17 +246,19 @@ def test_stop_is_per_browser_session(app):
     assert job.result(timeout=300)[3] == "Stopped; the pipeline is restored."
 
 
-@pytest.mark.parametrize("seed, message", [(2**32, "greater than maximum value 4294967295"),
-                                           (1.5, "Seed: type a whole number")])
-def test_settings_over_the_caps_are_refused_before_generating(app, seed, message):
+@pytest.mark.parametrize("seed, width, message", [
+    (2**32, 64, "greater than maximum value 4294967295"),  # the box's own limit, shown by Gradio
+    (0, 100, "Width: expected a multiple of 8, got 100"),  # an API caller off the slider's steps
+])
+def test_settings_over_the_caps_are_refused_before_generating(app, seed, width, message):
     client = Client(app.local_url, verbose=False)
     calls = []
     pipe = app.attnkit_state.pipe("tiny-sd15")[0]
     hook = pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
         with pytest.raises(Exception, match=message):
-            client.predict("tiny-sd15", "a cat", "", "", seed, 3, 7.5, 64, 64, False, *defaults(), *no_conditions(),
-                           api_name="/run")
+            client.predict("tiny-sd15", "a cat", "", "", seed, 3, 7.5, width, 64, False, *defaults(),
+                           *no_conditions(), api_name="/run")
     finally:
         hook.remove()
     assert not calls, "the image was generated before the settings were checked"
