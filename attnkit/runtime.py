@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -141,6 +143,8 @@ class Run:
         num_steps: int | None = None,
     ):
         self.pipe = pipe
+        #: who holds the pipeline's claim for this run (``attach`` claims before the run is built)
+        self._owner: object = self
         self.prompt_2 = prompt_2
         if target_prompt is not None and not isinstance(target_prompt, str):
             raise AttnKitError(f"target_prompt must be a string, got {type(target_prompt).__name__}")
@@ -225,20 +229,23 @@ class Run:
     # ----------------------------------------------------------------------------------------- install/remove
 
     def install(self) -> None:
-        """Wrap every attention processor and hook the denoiser. Raises if attnkit is already attached."""
-        current = self.denoiser.attn_processors
-        if any(isinstance(p, LayerProcessor) for p in current.values()):
-            raise AlreadyAttachedError(
-                "attnkit is already attached to this pipeline; finish the other `with attnkit.attach(...)` block "
-                "first (one run per pipeline at a time)"
-            )
-        self._saved = dict(current)
+        """Wrap every attention processor and hook the denoiser. Raises if attnkit is already attached (the check
+        and the claim are one atomic step: of two threads installing on one pipeline, exactly one proceeds)."""
+        claim(self.denoiser, self._owner)
+        try:
+            current = self.denoiser.attn_processors
+            self._saved = dict(current)
+        except BaseException:
+            release(self.denoiser, self._owner)
+            raise
         wrappers = {info.name: LayerProcessor(current[info.name], info, self) for info in self.layers}
         self.denoiser.set_attn_processor(wrappers)
         try:
             self._hook = self.denoiser.register_forward_pre_hook(self._on_denoiser_call, with_kwargs=True)
         except BaseException:
             self.denoiser.set_attn_processor(self._saved)
+            self._saved = None
+            release(self.denoiser, self._owner)
             raise
         self._t0 = time.perf_counter()
 
@@ -257,6 +264,7 @@ class Run:
         if self._saved is not None:
             self.denoiser.set_attn_processor(self._saved)
             self._saved = None
+            release(self.denoiser, self._owner)
         if errors:
             raise errors[0]
 
@@ -642,6 +650,33 @@ class Run:
                 c.on_probs(layer, self.step, probs)
 
 
+_claims_lock = threading.Lock()
+_claims: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
+
+
+def claim(denoiser, owner) -> None:
+    """Mark ``denoiser`` as used by ``owner``, or raise :class:`AlreadyAttachedError` if another run holds it (or its
+    processors are attnkit's). Check and mark are one step under a lock, so two threads never both attach."""
+    with _claims_lock:
+        holder = _claims.get(denoiser)
+        if holder is owner:
+            return
+        if holder is not None or any(isinstance(p, LayerProcessor) for p in denoiser.attn_processors.values()):
+            raise AlreadyAttachedError(
+                "attnkit is already attached to this pipeline (another `with attnkit.attach(...)` block or another "
+                "thread's call is running on it); one run per pipeline at a time: wait for it, or give each thread "
+                "its own pipeline"
+            )
+        _claims[denoiser] = owner
+
+
+def release(denoiser, owner) -> None:
+    """Give up ``owner``'s claim on ``denoiser`` (no-op if it holds none)."""
+    with _claims_lock:
+        if _claims.get(denoiser) is owner:
+            del _claims[denoiser]
+
+
 @contextlib.contextmanager
 def attach(
     pipe,
@@ -665,13 +700,24 @@ def attach(
         AlreadyAttachedError: attnkit is already attached to this pipeline.
         WordNotFoundError: a method's word is not in ``prompt``.
     """
-    run = Run(pipe, methods, prompt=prompt, max_sequence_length=max_sequence_length, on_step=on_step,
-              prompt_2=prompt_2, target_prompt=target_prompt)
-    run.install()
+    owner = object()
+    denoiser = denoiser_of(pipe)
+    claim(denoiser, owner)  # before anything reads or encodes with the pipeline a running call is using
+    try:
+        run = Run(pipe, methods, prompt=prompt, max_sequence_length=max_sequence_length, on_step=on_step,
+                  prompt_2=prompt_2, target_prompt=target_prompt)
+        run._owner = owner
+        run.install()
+    except BaseException:
+        release(denoiser, owner)
+        raise
     try:
         yield run
     finally:
-        run.uninstall()
+        try:
+            run.uninstall()
+        finally:
+            release(denoiser, owner)
     run.finish()
 
 

@@ -61,3 +61,56 @@ def test_observe_every_word_maps_the_kept_words_of_a_long_prompt(sd15):
     assert any("32 words after that are cut off and not mapped (word28" in w for w in result.report.warnings)
     with pytest.raises(AttnKitError, match="keeps only the first"):  # a word the user picked must be there
         attnkit.generate(sd15, prompt, [Observe(words=["word59"])], seed=0, **FAST)
+
+
+def test_two_threads_on_one_pipeline_one_runs_one_is_refused_untouched(sd15, monkeypatch):
+    """The check and the install are one step, taken before the refused call reads or encodes anything: in every
+    round exactly one call runs, and its image is the solo run's, bit for bit. (Building the wrappers is slowed
+    down, which widened the window between the old check and the old install.)"""
+    import sys
+    import threading
+    import time
+
+    import attnkit.runtime
+
+    real_init = attnkit.runtime.LayerProcessor.__init__
+
+    def slow_init(self, *a, **k):
+        time.sleep(0.0005)
+        real_init(self, *a, **k)
+
+    from attnkit import AlreadyAttachedError
+    from attnkit.methods import StructuredGuidance
+
+    kwargs = dict(seed=0, num_inference_steps=2, height=64, width=64, output_type="np")
+    solo = {p: attnkit.generate(sd15, p, [StructuredGuidance(), Observe(words=["car"])], **kwargs).images[0]
+            for p in ("a red car and a white sheep", "a blue car on a long road with a dog")}
+    before = dict(sd15.unet.attn_processors)
+    monkeypatch.setattr(attnkit.runtime.LayerProcessor, "__init__", slow_init)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(15):
+            barrier, out = threading.Barrier(2), {}
+
+            def work(prompt):
+                barrier.wait()
+                try:
+                    out[prompt] = attnkit.generate(sd15, prompt, [StructuredGuidance(), Observe(words=["car"])],
+                                                   **kwargs).images[0]
+                except AlreadyAttachedError as exc:
+                    out[prompt] = exc
+
+            threads = [threading.Thread(target=work, args=(p,)) for p in solo]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ran = [p for p, v in out.items() if not isinstance(v, Exception)]
+            refused = [p for p, v in out.items() if isinstance(v, AlreadyAttachedError)]
+            assert len(ran) + len(refused) == 2 and len(ran) >= 1, out
+            for p in ran:
+                assert (out[p] == solo[p]).all(), "a refused call changed the running one"
+    finally:
+        sys.setswitchinterval(interval)
+    assert all(sd15.unet.attn_processors[k] is v for k, v in before.items())
