@@ -197,13 +197,20 @@ MAX_WORD_CHARS = 200
 
 
 def _check_sizes(method_id: str, config) -> None:
-    """Refuse list and mapping options over their caps before any work starts (the field table's ``limit`` where
-    the option has a row, else :data:`MAX_ITEMS`)."""
+    """Refuse options over their caps before any work starts: numbers outside the field table's range (what presets
+    are held to, so iteration counts stay bounded), lists and mappings over the table's ``limit`` where the option
+    has a row, else :data:`MAX_ITEMS`."""
     from ..ui.fields import fields_for
 
-    limits = {f.name: f.limit for f in fields_for(method_id)}
+    rows = {f.name: f for f in fields_for(method_id)}
+    limits = {name: row.limit for name, row in rows.items()}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        row = rows.get(f.name)
+        if (row is not None and row.kind in ("int", "float") and isinstance(value, (int, float))
+                and not isinstance(value, bool) and not row.minimum <= value <= row.maximum):
+            raise AttnKitError(f"{method_id}: {f.name} must be from {row.minimum:g} to {row.maximum:g}, got {value!r}"
+                               [:300])
         if not isinstance(value, (list, tuple, dict, set, frozenset)):
             continue
         limit = limits.get(f.name, MAX_ITEMS)

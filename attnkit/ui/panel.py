@@ -87,6 +87,39 @@ def _whole(value, label: str) -> int:
     return int(number)
 
 
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters of it)."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+
+
+def ui_error(gr, message: str):
+    """A ``gr.Error`` that stays on screen until the user closes it (one line, never Gradio's bare "Error")."""
+    return gr.Error(message, duration=None)
+
+
+def shows_errors(gr, what: str):
+    """Decorator for the app's event handlers: attnkit's errors as their message, anything else as one line naming
+    what failed (logged with its traceback), both as a :func:`ui_error`."""
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def handler(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except AttnKitError as exc:
+                raise ui_error(gr, str(exc)) from None
+            except Exception as exc:
+                logger.exception("attnkit: %s failed", what)
+                raise ui_error(gr, f"{what} failed: {first_line(exc)}") from None
+
+        return handler
+
+    return wrap
+
+
 def takes_request(gr, fn):
     """Make Gradio hand ``fn`` its ``gr.Request``: Gradio finds the parameter by its annotation, and under
     ``from __future__ import annotations`` that is the string ``"gr.Request"``, which it cannot resolve (``gr`` is not
@@ -397,10 +430,10 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 message = "Done." + "".join(f"\n- {n}" for n in notes)
                 return gallery, maps, str(out), message
             except AttnKitError as exc:
-                raise gr.Error(str(exc)) from None
+                raise ui_error(gr, str(exc)) from None
             except Exception as exc:  # a readable message, never a trace in the UI
                 logger.exception("attnkit generation failed")
-                raise gr.Error(f"generation failed: {type(exc).__name__}: {exc}") from None
+                raise ui_error(gr, f"generation failed: {first_line(exc)}") from None
 
         takes_request(gr, run)
         event = run_button.click(
@@ -449,13 +482,14 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
 
         preset_outputs = [*toggle_list, *widgets, steps, cfg, seed]
 
+        @shows_errors(gr, 'loading the preset')
         def load_preset(name):
             if not name:
-                raise gr.Error("choose a preset first")
+                raise ui_error(gr, "choose a preset first")
             try:
                 return apply(Preset.load(name, preset_dir))
             except AttnKitError as exc:
-                raise gr.Error(str(exc)) from None
+                raise ui_error(gr, str(exc)) from None
 
         def current_preset(values, name=""):
             enabled, per = read_controls(values)
@@ -466,32 +500,37 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                     methods.append((m, params))
             return Preset.from_params(methods, name=name)
 
+        @shows_errors(gr, 'saving the preset')
         def save_preset(name, *values):
             try:
                 current_preset(values, name).save(preset_dir)
             except AttnKitError as exc:
-                raise gr.Error(str(exc)) from None
+                raise ui_error(gr, str(exc)) from None
             return gr.update(choices=preset_names(), value=name), f"Saved preset {name!r}."
 
+        @shows_errors(gr, 'deleting the preset')
         def remove_preset(name):
             try:
                 delete_preset(name, preset_dir)
             except AttnKitError as exc:
-                raise gr.Error(str(exc)) from None
+                raise ui_error(gr, str(exc)) from None
             return gr.update(choices=preset_names(), value=None), f"Deleted preset {name!r}."
 
+        @shows_errors(gr, 'making the share code')
         def export_code(*values):
             try:
                 return current_preset(values).to_share_code()
             except AttnKitError as exc:
-                raise gr.Error(str(exc)) from None
+                raise ui_error(gr, str(exc)) from None
 
+        @shows_errors(gr, 'reading the share code')
         def import_code(code):
             try:
                 return apply(Preset.from_share_code(code or ""))
             except AttnKitError as exc:
-                raise gr.Error(str(exc)) from None
+                raise ui_error(gr, str(exc)) from None
 
+        @shows_errors(gr, 'reading the preset file')
         def import_file(upload):
             if upload is None:
                 return [gr.update() for _ in preset_outputs]
@@ -499,7 +538,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
             try:
                 return apply(Preset.from_file(path))
             except AttnKitError as exc:
-                raise gr.Error(str(exc)) from None
+                raise ui_error(gr, str(exc)) from None
 
         load_button.click(load_preset, preset_choice, preset_outputs)
         save_button.click(save_preset, [preset_name, *toggle_list, *widgets], [preset_choice, status])

@@ -262,3 +262,14 @@ def test_settings_over_the_caps_are_refused_before_generating(app, seed, width, 
     finally:
         hook.remove()
     assert not calls, "the image was generated before the settings were checked"
+
+
+def test_an_unexpected_error_in_a_preset_handler_is_a_message(app, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("the disk is on fire\nsecond line")
+
+    monkeypatch.setattr(Preset, "load", broken)
+    client = Client(app.local_url, verbose=False)
+    with pytest.raises(Exception, match="loading the preset failed: RuntimeError: the disk is on fire") as err:
+        client.predict("A-STAR", api_name="/load_preset")
+    assert "second line" not in str(err.value)

@@ -44,6 +44,10 @@ def test_every_list_option_of_every_method_is_capped():
         P2P(blend_words=["car"] * 33)
     with pytest.raises(AttnKitError, match="at most 200"):
         Observe(words=["x" * 201])
+    with pytest.raises(AttnKitError, match="a_star: iterations(=1000)? must be (from 1 to 20|in 1..20)"):
+        AStar(words=["car"], iterations=1000)
+    with pytest.raises(AttnKitError, match="attend_excite: max_refinement_steps.* must be"):
+        AttendExcite(words=["car"], max_refinement_steps=10 ** 6)
 
 
 def test_preset_to_methods_holds_the_cap():
