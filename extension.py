@@ -23,8 +23,20 @@ def main(argv=None) -> int:
 
     demo = build_app(default_model=args.model, preset_dir=args.presets,
                      lock_model=args.lock_model or args.listen or args.share)
+    # Gradio's own banner tells people to "set share=True in launch()"; this app's users have flags instead
     demo.queue().launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port,
-                        share=args.share)
+                        share=args.share, quiet=True, prevent_thread_lock=True)
+    print(f"attnkit app: {demo.local_url}", flush=True)
+    if getattr(demo, "share_url", None):
+        print(f"public link: {demo.share_url}", flush=True)
+    elif not args.listen:
+        print("only this machine can open it: add --listen for your network or --share for a public link",
+              flush=True)
+    print("press Ctrl+C to stop", flush=True)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        demo.close()
     return 0
 
 

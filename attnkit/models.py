@@ -384,6 +384,16 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None):
 
 
 
+def _hub_reason(exc: BaseException) -> str:
+    """Why a hub id did not load, in plain words (the libraries' own messages run to hundreds of characters)."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    if any(k in text for k in ("offline", "connect", "resolve", "timed out", "network", "local_files_only")):
+        return "the model hub cannot be reached from here (offline)"
+    if any(k in text for k in ("not found", "404", "repositorynotfound", "does not appear to have")):
+        return "the model hub has no such model"
+    return f"the model hub did not give it ({type(exc).__name__})"
+
+
 def _one_line(exc: BaseException) -> str:
     """An exception as one short line (library errors often span many)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -464,9 +474,10 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
         try:
             pipe = DiffusionPipeline.from_pretrained(name, **_dtype_kwargs(torch_dtype))
         except Exception as exc:
+            logger.debug("loading %r from the model hub failed", name, exc_info=exc)
             raise ModelLoadError(
-                f"could not load {name!r} from the model hub ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                "offline, pass a local diffusers folder or .safetensors file, or one of " + ", ".join(TINY_NAMES)
+                f"no model {name!r}: it is not a built-in model ({', '.join(TINY_NAMES)}), a folder or a file here, "
+                f"and {_hub_reason(exc)}; pass a diffusers folder, a .safetensors file or a hub id"
             ) from exc
     family_of(pipe)  # refuse unsupported pipelines here, where the input entered
     return pipe.to(device)

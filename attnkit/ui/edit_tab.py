@@ -98,8 +98,8 @@ def build_edit_tab(gr, state):
 
     def run_edit(model_name, image, src, tgt, words, kind, scales, blend, threshold, cross, self_window, tokens,
                  nulls, dpl_null, seed_value, n_steps, scale, request: gr.Request = None, progress=gr.Progress()):
-        stop = state.stop_event(session_of(request))
-        stop.clear()
+        session = session_of(request)
+        stop = state.begin(session)
         try:
             if image is None:
                 raise AttnKitError("upload a photo first")
@@ -142,6 +142,8 @@ def build_edit_tab(gr, state):
         except Exception as exc:  # a readable message, never a trace in the UI
             logger.exception("attnkit edit failed")
             raise ui_error(gr, f"edit failed: {first_line(exc)}") from None
+        finally:
+            state.end(session)
 
     takes_request(gr, run_edit)
     return {

@@ -7,6 +7,7 @@ Gradio is imported inside the functions, so ``attnkit`` imports without it.
 from __future__ import annotations
 
 import logging
+import random
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class AppState:
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     loading: dict[str, threading.Lock] = field(default_factory=dict)
     stops: dict[str, threading.Event] = field(default_factory=dict)
+    #: runs in progress per browser session (generate and edit)
+    running: dict[str, int] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
 
     def pipe(self, model: str):
@@ -66,9 +69,30 @@ class AppState:
         with self.guard:
             return self.stops.setdefault(session or "-", threading.Event())
 
+    def begin(self, session: str) -> threading.Event:
+        """A run of ``session`` starts: its stop flag, cleared (a Stop pressed before it does not carry over)."""
+        event = self.stop_event(session)
+        with self.guard:
+            self.running[session or "-"] = self.running.get(session or "-", 0) + 1
+        event.clear()
+        return event
+
+    def end(self, session: str) -> None:
+        with self.guard:
+            left = self.running.get(session or "-", 1) - 1
+            if left > 0:
+                self.running[session or "-"] = left
+            else:
+                self.running.pop(session or "-", None)
+
     def request_stop(self, request=None) -> str:
-        """The Stop buttons: flag the requesting browser session's run to stop."""
-        self.stop_event(session_of(request)).set()
+        """The Stop buttons: flag the requesting browser session's run to stop (when it has one)."""
+        session = session_of(request)
+        with self.guard:
+            busy = self.running.get(session or "-", 0) > 0
+        if not busy:
+            return "Nothing is running."
+        self.stop_event(session).set()
         return "Stopping..."
 
 
@@ -309,7 +333,8 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                     # the picked words as text: what generation reads (API callers pass it directly)
                     picked = gr.Textbox(visible=False, elem_id="ak-picked")
                     with gr.Row():
-                        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=2**32 - 1,
+                        seed = gr.Number(label="Seed (-1: random)", value=0, precision=0, minimum=-1,
+                                         maximum=2**32 - 1,
                                          elem_id="ak-seed")
                         steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="ak-steps")
                         cfg = gr.Slider(0, 20, value=7.5, step=0.5, label="CFG scale", elem_id="ak-cfg")
@@ -365,15 +390,18 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
             return words_update(gr, state, model_name, text, current, "Words (pick the subjects the methods act on)")
 
         prompt.change(update_words, [model, prompt, picker], picker)
-        model.change(update_words, [model, prompt, picker], picker)
+        # the model is read when the box is left or Enter is pressed, never per keystroke (each read may load a
+        # model or ask the model hub)
+        for trigger in (model.submit, model.blur):
+            trigger(update_words, [model, prompt, picker], picker)
         picker.change(lambda chosen: ", ".join(chosen or []), picker, picked)
 
         # Gradio fills in only positional parameters before ``*values``: the request (a session's own stop flag)
         # first, the progress tracker after the fixed inputs
         def run(request: gr.Request, model_name, text, neg, words, seed_value, n_steps, scale, w, h, baseline,
                 progress=gr.Progress(), *values):
-            stop = state.stop_event(session_of(request))
-            stop.clear()
+            session = session_of(request)
+            stop = state.begin(session)
             try:
                 if not text or not text.strip():
                     raise AttnKitError("type a prompt first")
@@ -382,8 +410,11 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 pka = pka_from_controls(values[len(method_ids) + len(flat):])
                 if pka is not None:
                     methods.append(pka)
+                seed_number = _whole(seed_value, "Seed")
+                if seed_number == -1:  # A1111's habit: -1 is a new random seed, shown and saved with the image
+                    seed_number = random.randrange(2**32)
                 settings = check_settings({"steps": _whole(n_steps, "Steps"), "guidance_scale": float(scale),
-                                           "seed": _whole(seed_value, "Seed"), "width": _whole(w, "Width"),
+                                           "seed": seed_number, "width": _whole(w, "Width"),
                                            "height": _whole(h, "Height")}, _LABELS)
                 pipe, lock = state.pipe(model_name)
                 kwargs = dict(num_inference_steps=settings["steps"], guidance_scale=settings["guidance_scale"],
@@ -419,6 +450,8 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 # presets carry the methods of the field table; condition images (pka) are not preset data
                 presettable = [m for m in methods if m.id in REGISTRY]
                 notes = list(result.report.warnings)
+                if _whole(seed_value, "Seed") == -1:
+                    notes.insert(0, f"random seed: {seed_number}")
                 out = Path(tempfile.mkdtemp(prefix="attnkit-")) / "attnkit.png"
                 try:
                     info = Preset.from_methods(presettable, settings=settings).png_info(
@@ -434,6 +467,8 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
             except Exception as exc:  # a readable message, never a trace in the UI
                 logger.exception("attnkit generation failed")
                 raise ui_error(gr, f"generation failed: {first_line(exc)}") from None
+            finally:
+                state.end(session)
 
         takes_request(gr, run)
         event = run_button.click(
@@ -447,7 +482,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                        for c in current]
             return [{**u, "value": (u.get("value") or [None])[0]} for u in updates]
 
-        for trigger in (prompt.blur, prompt.submit, model.change):  # not per keystroke: the words picker is
+        for trigger in (prompt.blur, prompt.submit, model.submit, model.blur):  # not per keystroke: the picker is
             trigger(update_keywords, [model, prompt, *keyword_pickers], keyword_pickers)
 
         def request_stop(request: gr.Request = None):
@@ -458,7 +493,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
         stop_button.click(request_stop, None, status, queue=False)
 
         # the Edit tab -----------------------------------------------------------------------------------------
-        for trigger in (edit_tab["source"].change, model.change):
+        for trigger in (edit_tab["source"].change, model.submit, model.blur):
             trigger(edit_tab["update_words"], [model, edit_tab["source"], edit_tab["picker"]], edit_tab["picker"])
         edit_tab["picker"].change(lambda chosen: ", ".join(chosen or []), edit_tab["picker"], edit_tab["picked"])
         edit_tab["run_button"].click(edit_tab["run"], [model, *edit_tab["inputs"]], edit_tab["outputs"],
@@ -540,6 +575,8 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
             except AttnKitError as exc:
                 raise ui_error(gr, str(exc)) from None
 
+        # the saved presets as they are on disk now, at every page load (a reload lists what was saved before it)
+        demo.load(lambda: gr.update(choices=preset_names()), None, preset_choice, queue=False)
         load_button.click(load_preset, preset_choice, preset_outputs)
         save_button.click(save_preset, [preset_name, *toggle_list, *widgets], [preset_choice, status])
         delete_button.click(remove_preset, preset_choice, [preset_choice, status])

@@ -159,6 +159,9 @@ def test_extension_starts_the_app_on_localhost(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    banner = proc.stdout.read().decode()
+    assert f"attnkit app: http://127.0.0.1:{port}" in banner and "--share for a public link" in banner, banner
+    assert "share=True" not in banner and "launch()" not in banner
 
 
 def test_locked_model_refuses_other_sources(tmp_path):
@@ -235,9 +238,9 @@ def test_stop_is_per_browser_session(app):
     job = runner.submit("tiny-sd15", "a cat and a dog", "", "", 0, 40, 7.5, 64, 64, False,
                         *defaults(), *no_conditions(), api_name="/run")
     wait_for_run()
-    other.predict(api_name="/request_stop")  # another browser presses Stop
+    assert other.predict(api_name="/request_stop") == "Nothing is running."  # another browser presses Stop
     assert job.result(timeout=300)[3].startswith("Done."), "another session's Stop stopped this run"
-    assert state.stops[other.session_hash].is_set() and not state.stops[runner.session_hash].is_set()
+    assert other.session_hash not in state.stops or not state.stops[other.session_hash].is_set()
 
     job = runner.submit("tiny-sd15", "a cat and a dog", "", "", 0, 150, 7.5, 64, 64, False,
                         *defaults(), *no_conditions(), api_name="/run")
@@ -273,3 +276,14 @@ def test_an_unexpected_error_in_a_preset_handler_is_a_message(app, monkeypatch):
     with pytest.raises(Exception, match="loading the preset failed: RuntimeError: the disk is on fire") as err:
         client.predict("A-STAR", api_name="/load_preset")
     assert "second line" not in str(err.value)
+
+
+def test_stop_with_nothing_running_and_a_random_seed(app):
+    from gradio_client import handle_file  # noqa: F401
+
+    client = Client(app.local_url, verbose=False)
+    assert client.predict(api_name="/request_stop") == "Nothing is running."
+    images, maps, png, status = call_run(client, "a red car", seed=-1)
+    assert status.startswith("Done.\n- random seed: "), status  # the earlier Stop did not carry over
+    seed = int(status.split("random seed: ")[1].split()[0])
+    assert 0 <= seed < 2**32 and Preset.from_png(png).settings["seed"] == seed

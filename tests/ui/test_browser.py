@@ -27,7 +27,9 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     pipe = attnkit.load_pipeline("tiny-sd15", device="cpu")
-    demo = build_app(loader=lambda name: pipe, preset_dir=str(tmp_path_factory.mktemp("presets")))
+    presets = tmp_path_factory.mktemp("presets")
+    demo = build_app(loader=lambda name: pipe, preset_dir=str(presets))
+    demo.preset_dir = presets
     demo.queue().launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     yield demo
     demo.close()
@@ -141,3 +143,66 @@ def test_edit_a_photo_in_a_browser(app, browser, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "app-edit.png"))
     assert browser.find_elements(By.CSS_SELECTOR, "#ak-edit-maps img")  # the dog's map and the masks
+
+
+def counting_pipe_lookups(app):
+    """Count the app's model lookups (every handler that reads the model box makes one)."""
+    state = app.attnkit_state
+    calls = []
+    real = type(state).pipe
+
+    def counted(model):
+        calls.append(time.time())
+        return real(state, model)
+
+    state.pipe = counted
+    return calls
+
+
+def test_typing_in_the_model_box_sends_a_handful_of_requests(app, browser):
+    calls = counting_pipe_lookups(app)
+    try:
+        browser.get(app.local_url)
+        box = find(browser, "#ak-model textarea, #ak-model input")
+        time.sleep(2)
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        for ch in "tiny-flux":
+            box.send_keys(ch)
+            time.sleep(0.15)
+        typed = time.time()
+        time.sleep(10)
+        while_typing = len([t for t in calls if t >= typed - 2])
+        box.send_keys(Keys.TAB)  # leaving the box reads it once
+        left = time.time()
+        time.sleep(10)
+        after_leaving = len([t for t in calls if t >= left])
+    finally:
+        del app.attnkit_state.pipe
+    print(f"model lookups: {while_typing} while typing and 10 s after, {after_leaving} in 10 s after leaving the box")
+    assert while_typing == 0, "typing in the model box made the app read the model"
+    assert 1 <= after_leaving <= 10, f"{after_leaving} lookups in 10 s after leaving the model box"
+
+
+def test_a_saved_preset_is_listed_after_a_reload(app, browser):
+    from attnkit.methods import StructuredGuidance
+    from attnkit.presets import Preset
+
+    browser.get(app.local_url)
+    find(browser, "#ak-prompt textarea")
+    Preset.from_methods([StructuredGuidance()], name="saved before reload").save(app.preset_dir, overwrite=True)
+    browser.refresh()
+    click(browser, find(browser, "#ak-acc-presets button, #ak-acc-presets .label-wrap"))
+    dropdown = find(browser, "#ak-preset input")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", dropdown)
+    dropdown.click()
+    time.sleep(2)
+    options = [o.get_attribute("aria-label") for o in browser.find_elements(By.CSS_SELECTOR, "#ak-preset [role='option']")]
+    assert "saved before reload" in options, options
+
+
+def test_stop_with_nothing_running_says_so(app, browser):
+    browser.get(app.local_url)
+    click(browser, find(browser, "#ak-stop"))
+    WebDriverWait(browser, 30).until(
+        lambda d: "Nothing is running." in d.find_element(By.CSS_SELECTOR, "#ak-status").text)
