@@ -46,7 +46,7 @@ def edit_knobs(edit_type, reweight, blend_words, blend_threshold, cross_replace,
 def build_edit_tab(gr, state):
     """The Edit tab's widgets and events (inside a ``gr.Tab``); ``state`` is the app's :class:`AppState`."""
     from ..editing import edit
-    from .panel import first_line, session_of, takes_request, ui_error, words_update
+    from .panel import error_text, first_line, session_of, takes_request, words_update
 
     with gr.Row():
         with gr.Column(scale=3):
@@ -138,10 +138,10 @@ def build_edit_tab(gr, state):
         except Interrupted:
             return gr.update(), gr.update(), gr.update(), "Stopped; the pipeline is restored."
         except AttnKitError as exc:
-            raise ui_error(gr, str(exc)) from None
+            return gr.update(), gr.update(), gr.update(), error_text(str(exc))
         except Exception as exc:  # a readable message, never a trace in the UI
             logger.exception("attnkit edit failed")
-            raise ui_error(gr, f"edit failed: {first_line(exc)}") from None
+            return gr.update(), gr.update(), gr.update(), error_text(f"edit failed: {first_line(exc)}")
         finally:
             state.end(session)
 

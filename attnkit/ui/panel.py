@@ -116,14 +116,19 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
 
-def ui_error(gr, message: str):
-    """A ``gr.Error`` that stays on screen until the user closes it (one line, never Gradio's bare "Error")."""
-    return gr.Error(message, duration=None)
+#: said under a failed or stopped run: the results still on screen are not this run's
+STALE = "Any images shown are from an earlier run."
 
 
-def shows_errors(gr, what: str):
-    """Decorator for the app's event handlers: attnkit's errors as their message, anything else as one line naming
-    what failed (logged with its traceback), both as a :func:`ui_error`."""
+def error_text(message: str) -> str:
+    """How an error reads in the status line (it stays until the next action)."""
+    return f"**Error:** {message}"
+
+
+def reports_in_status(gr, what: str, before: int):
+    """Decorator for handlers whose last output is the status line and the ``before`` outputs ahead of it are left
+    as they are on failure: attnkit's errors as their message, anything else as one line naming what failed
+    (logged with its traceback). Nothing is raised to Gradio, so no control turns into an error pill."""
     import functools
 
     def wrap(fn):
@@ -131,13 +136,12 @@ def shows_errors(gr, what: str):
         def handler(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except gr.Error:
-                raise
             except AttnKitError as exc:
-                raise ui_error(gr, str(exc)) from None
+                message = str(exc)
             except Exception as exc:
                 logger.exception("attnkit: %s failed", what)
-                raise ui_error(gr, f"{what} failed: {first_line(exc)}") from None
+                message = f"{what} failed: {first_line(exc)}"
+            return [*(gr.update() for _ in range(before)), error_text(message)]
 
         return handler
 
@@ -437,7 +441,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                     if baseline and not stop.is_set():
                         base = generate(pipe, text, [], seed=settings["seed"], callback_on_step_end=halt, **kwargs)
                 if stop.is_set():
-                    return gr.update(), gr.update(), gr.update(), "Stopped; the pipeline is restored."
+                    return gr.update(), gr.update(), gr.update(), f"Stopped; the pipeline is restored. {STALE}"
                 gallery = [(result.images[0], "attnkit")]
                 if base is not None:
                     gallery.append((base.images[0], "baseline"))
@@ -462,11 +466,13 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 result.images[0].save(out, format="PNG", pnginfo=info)
                 message = "Done." + "".join(f"\n- {n}" for n in notes)
                 return gallery, maps, str(out), message
+            # a failed run: the message stays in the status line, the last results stay up, marked as old
             except AttnKitError as exc:
-                raise ui_error(gr, str(exc)) from None
+                return gr.update(), gr.update(), gr.update(), f"{error_text(str(exc))}\n\n{STALE}"
             except Exception as exc:  # a readable message, never a trace in the UI
                 logger.exception("attnkit generation failed")
-                raise ui_error(gr, f"generation failed: {first_line(exc)}") from None
+                return (gr.update(), gr.update(), gr.update(),
+                        f"{error_text(f'generation failed: {first_line(exc)}')}\n\n{STALE}")
             finally:
                 state.end(session)
 
@@ -517,14 +523,12 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
 
         preset_outputs = [*toggle_list, *widgets, steps, cfg, seed]
 
-        @shows_errors(gr, 'loading the preset')
+        # every preset action answers in the status line (the controls are never turned into error pills)
+        @reports_in_status(gr, "loading the preset", len(preset_outputs))
         def load_preset(name):
             if not name:
-                raise ui_error(gr, "choose a preset first")
-            try:
-                return apply(Preset.load(name, preset_dir))
-            except AttnKitError as exc:
-                raise ui_error(gr, str(exc)) from None
+                raise AttnKitError("choose a preset first")
+            return [*apply(Preset.load(name, preset_dir)), f"Loaded preset {name!r}."]
 
         def current_preset(values, name=""):
             enabled, per = read_controls(values)
@@ -535,54 +539,39 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                     methods.append((m, params))
             return Preset.from_params(methods, name=name)
 
-        @shows_errors(gr, 'saving the preset')
+        @reports_in_status(gr, "saving the preset", 1)
         def save_preset(name, *values):
-            try:
-                current_preset(values, name).save(preset_dir)
-            except AttnKitError as exc:
-                raise ui_error(gr, str(exc)) from None
+            current_preset(values, name).save(preset_dir)
             return gr.update(choices=preset_names(), value=name), f"Saved preset {name!r}."
 
-        @shows_errors(gr, 'deleting the preset')
+        @reports_in_status(gr, "deleting the preset", 1)
         def remove_preset(name):
-            try:
-                delete_preset(name, preset_dir)
-            except AttnKitError as exc:
-                raise ui_error(gr, str(exc)) from None
+            delete_preset(name, preset_dir)
             return gr.update(choices=preset_names(), value=None), f"Deleted preset {name!r}."
 
-        @shows_errors(gr, 'making the share code')
+        @reports_in_status(gr, "making the share code", 1)
         def export_code(*values):
-            try:
-                return current_preset(values).to_share_code()
-            except AttnKitError as exc:
-                raise ui_error(gr, str(exc)) from None
+            return current_preset(values).to_share_code(), "Share code made: copy it from the box."
 
-        @shows_errors(gr, 'reading the share code')
+        @reports_in_status(gr, "reading the share code", len(preset_outputs))
         def import_code(code):
-            try:
-                return apply(Preset.from_share_code(code or ""))
-            except AttnKitError as exc:
-                raise ui_error(gr, str(exc)) from None
+            return [*apply(Preset.from_share_code(code or "")), "Imported the share code."]
 
-        @shows_errors(gr, 'reading the preset file')
+        @reports_in_status(gr, "reading the preset file", len(preset_outputs))
         def import_file(upload):
             if upload is None:
-                return [gr.update() for _ in preset_outputs]
+                return [*(gr.update() for _ in preset_outputs), gr.update()]
             path = upload if isinstance(upload, str) else upload.name
-            try:
-                return apply(Preset.from_file(path))
-            except AttnKitError as exc:
-                raise ui_error(gr, str(exc)) from None
+            return [*apply(Preset.from_file(path)), f"Imported the preset of {Path(path).name}."]
 
         # the saved presets as they are on disk now, at every page load (a reload lists what was saved before it)
         demo.load(lambda: gr.update(choices=preset_names()), None, preset_choice, queue=False)
-        load_button.click(load_preset, preset_choice, preset_outputs)
+        load_button.click(load_preset, preset_choice, [*preset_outputs, status])
         save_button.click(save_preset, [preset_name, *toggle_list, *widgets], [preset_choice, status])
         delete_button.click(remove_preset, preset_choice, [preset_choice, status])
-        export_button.click(export_code, [*toggle_list, *widgets], share)
-        import_button.click(import_code, share, preset_outputs)
-        png.upload(import_file, png, preset_outputs)
+        export_button.click(export_code, [*toggle_list, *widgets], [share, status])
+        import_button.click(import_code, share, [*preset_outputs, status])
+        png.upload(import_file, png, [*preset_outputs, status])
         demo.attnkit_state = state  # for tests and hosts
         demo.attnkit_event = event
     return demo

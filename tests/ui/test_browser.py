@@ -206,3 +206,41 @@ def test_stop_with_nothing_running_says_so(app, browser):
     click(browser, find(browser, "#ak-stop"))
     WebDriverWait(browser, 30).until(
         lambda d: "Nothing is running." in d.find_element(By.CSS_SELECTOR, "#ak-status").text)
+
+
+def status_text(browser):
+    return browser.find_element(By.CSS_SELECTOR, "#ak-status").text
+
+
+def test_a_damaged_share_code_leaves_every_control_a_control(app, browser):
+    browser.get(app.local_url)
+    find(browser, "#ak-prompt textarea")
+    click(browser, find(browser, "#ak-acc-presets button, #ak-acc-presets .label-wrap"))
+    box = find(browser, "#ak-share textarea, #ak-share input")
+    box.send_keys("ak1.this-is-not-a-preset")
+    click(browser, find(browser, "#ak-import"))
+    WebDriverWait(browser, 30).until(lambda d: "Error:" in status_text(d))
+    time.sleep(12)  # longer than a toast lives
+    assert "not an attnkit share code" in status_text(browser) or "damaged" in status_text(browser)
+    for control in ("#ak-seed", "#ak-steps", "#ak-cfg"):
+        assert browser.find_elements(By.CSS_SELECTOR, f"{control} input"), f"{control} is no longer a control"
+        assert not browser.find_elements(By.CSS_SELECTOR, f"{control} .error"), f"{control} shows an error pill"
+    assert not browser.find_elements(By.CSS_SELECTOR, ".toast-body.error, .toast-wrap .error")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "app-error.png"))
+
+
+def test_a_failed_generate_keeps_the_message_and_the_last_results(app, browser):
+    browser.get(app.local_url)
+    prompt = find(browser, "#ak-prompt textarea")
+    prompt.send_keys("a red car")
+    click(browser, find(browser, "#ak-generate"))
+    WebDriverWait(browser, 180).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#ak-images img"))
+    WebDriverWait(browser, 30).until(lambda d: "Done." in status_text(d))
+    prompt.send_keys(Keys.CONTROL, "a")
+    prompt.send_keys(Keys.DELETE)
+    click(browser, find(browser, "#ak-generate"))
+    WebDriverWait(browser, 60).until(lambda d: "type a prompt first" in status_text(d))
+    time.sleep(12)
+    assert "type a prompt first" in status_text(browser) and "from an earlier run" in status_text(browser)
+    assert browser.find_elements(By.CSS_SELECTOR, "#ak-images img"), "the last result was wiped"
