@@ -461,6 +461,27 @@ def _inflate(data: bytes) -> bytes:
     return b"" if len(out) > MAX_TEXT_CHUNK else out
 
 
+def prompts_of_infotext(text: str) -> tuple[str, str]:
+    """``(prompt, negative prompt)`` of an A1111-style ``parameters`` text: the lines before the last (which holds the
+    ``key: value`` pairs), the negative prompt starting at a ``Negative prompt:`` line."""
+    lines = (text or "").splitlines()
+    if lines and re.search(r"(^|, )(Steps|AttnKit): ", lines[-1]):
+        lines = lines[:-1]
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    return "\n".join(prompt).strip(), "\n".join(negative).strip()
+
+
+def prompts_of_image(source) -> tuple[str, str] | None:
+    """``(prompt, negative prompt)`` an image's ``parameters`` text holds, or ``None`` when it holds none."""
+    text = _image_text(source).get("parameters")
+    return prompts_of_infotext(text) if text else None
+
+
 def user_dir(directory: str | os.PathLike | None = None) -> Path:
     """Where user presets live: ``directory``, else ``$ATTNKIT_PRESETS``, else ``$XDG_CONFIG_HOME/attnkit/presets``
     (``~/.config/attnkit/presets``). Never inside the package."""

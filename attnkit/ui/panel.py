@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import AttnKitError
 from ..methods import REGISTRY, get_method
-from ..presets import Preset, PresetError, check_settings, delete_preset, user_presets
+from ..presets import Preset, PresetError, check_settings, delete_preset, prompts_of_image, user_presets
 from .fields import Field, fields_for
 
 logger = logging.getLogger("attnkit")
@@ -508,8 +508,9 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
 
         # presets ---------------------------------------------------------------------------------------------
 
-        def apply(preset: Preset):
-            """Control values for a preset: its methods enabled with their params, others disabled."""
+        def apply(preset: Preset, prompts: tuple[str, str] | None = None):
+            """Control values for a preset: its methods enabled with their params, others disabled; its settings;
+            and ``prompts`` (prompt, negative prompt) when they come with it (an imported image)."""
             chosen = dict(preset.methods)
             updates = [gr.update(value=m in chosen) for m in method_ids]
             for m, f in flat:
@@ -518,10 +519,15 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
             s = preset.settings
             updates += [gr.update(value=s["steps"]) if "steps" in s else gr.update(),
                         gr.update(value=s["guidance_scale"]) if "guidance_scale" in s else gr.update(),
-                        gr.update(value=s["seed"]) if "seed" in s else gr.update()]
+                        gr.update(value=s["seed"]) if "seed" in s else gr.update(),
+                        gr.update(value=s["width"]) if "width" in s else gr.update(),
+                        gr.update(value=s["height"]) if "height" in s else gr.update()]
+            negative_text = prompts[1] if prompts else s.get("negative_prompt")
+            updates += [gr.update(value=prompts[0]) if prompts and prompts[0] else gr.update(),
+                        gr.update(value=negative_text) if negative_text is not None else gr.update()]
             return updates
 
-        preset_outputs = [*toggle_list, *widgets, steps, cfg, seed]
+        preset_outputs = [*toggle_list, *widgets, steps, cfg, seed, width, height, prompt, negative]
 
         # every preset action answers in the status line (the controls are never turned into error pills)
         @reports_in_status(gr, "loading the preset", len(preset_outputs))
@@ -562,7 +568,10 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
             if upload is None:
                 return [*(gr.update() for _ in preset_outputs), gr.update()]
             path = upload if isinstance(upload, str) else upload.name
-            return [*apply(Preset.from_file(path)), f"Imported the preset of {Path(path).name}."]
+            preset = Preset.from_file(path)
+            prompts = prompts_of_image(path) if not path.lower().endswith(".json") else None
+            said = "its prompt, settings and methods" if prompts else "its settings and methods"
+            return [*apply(preset, prompts), f"Imported {said} from {Path(path).name}."]
 
         # the saved presets as they are on disk now, at every page load (a reload lists what was saved before it)
         demo.load(lambda: gr.update(choices=preset_names()), None, preset_choice, queue=False)

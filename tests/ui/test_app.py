@@ -301,3 +301,17 @@ def test_stop_with_nothing_running_and_a_random_seed(app):
     assert status.startswith("Done.\n- random seed: "), status  # the earlier Stop did not carry over
     seed = int(status.split("random seed: ")[1].split()[0])
     assert 0 <= seed < 2**32 and Preset.from_png(png).settings["seed"] == seed
+
+
+def test_png_import_restores_the_prompt_and_size_and_says_so(app):
+    from gradio_client import handle_file
+
+    client = Client(app.local_url, verbose=False)
+    png = client.predict("tiny-sd15", "a red car and a white sheep", "blurry", "car", 5, 3, 6.5, 64, 72, False,
+                         *defaults(enable=("observe",)), *no_conditions(), api_name="/run")[2]
+    out = client.predict(handle_file(png), api_name="/import_file")
+    values = [o["value"] if isinstance(o, dict) and "value" in o else o for o in out]
+    steps, cfg, seed, width, height, prompt, negative, status = values[-8:]
+    assert (steps, cfg, seed, width, height) == (3, 6.5, 5, 64, 72)
+    assert (prompt, negative) == ("a red car and a white sheep", "blurry")
+    assert status == "Imported its prompt, settings and methods from attnkit.png."

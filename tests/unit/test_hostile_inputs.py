@@ -290,3 +290,11 @@ def test_bad_image_files_are_one_line_errors(tmp_path, case):
     message = str(err.value)
     assert message.startswith(f"cannot read the image {str(path)!r}") or "megapixels are read" in message, message
     assert "\n" not in message
+
+
+def test_prompts_of_an_a1111_parameters_text():
+    from attnkit.presets import prompts_of_infotext
+
+    text = PRESET.to_infotext("a red car,\nsecond line", "blurry, low quality", steps=20, seed=3)
+    assert prompts_of_infotext(text) == ("a red car,\nsecond line", "blurry, low quality")
+    assert prompts_of_infotext("just a prompt") == ("just a prompt", "")
