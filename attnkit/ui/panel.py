@@ -120,6 +120,11 @@ def first_line(exc: BaseException) -> str:
 STALE = "Any images shown are from an earlier run."
 
 
+def section_label(title: str, on: bool) -> str:
+    """A method section's header: its title, marked when the method is on."""
+    return f"{title} (on)" if on else title
+
+
 def error_text(message: str) -> str:
     """How an error reads in the status line (it stays until the next action)."""
     return f"**Error:** {message}"
@@ -320,6 +325,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
     method_ids = list(REGISTRY)
     controls: dict[str, dict[str, Any]] = {}
     toggles: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
 
     def preset_names():
         return list(Preset.builtins()) + [n for n in user_presets(preset_dir) if n not in Preset.builtins()]
@@ -349,7 +355,8 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                                           elem_id="ak-compare")
                     condition_inputs, keyword_pickers = build_conditions(gr)
                     for method_id in method_ids:
-                        with gr.Accordion(METHOD_TITLES[method_id], open=False, elem_id=f"ak-acc-{method_id}"):
+                        with gr.Accordion(METHOD_TITLES[method_id], open=False,
+                                          elem_id=f"ak-acc-{method_id}") as sections[method_id]:
                             toggles[method_id] = gr.Checkbox(label=f"Enable {METHOD_TITLES[method_id]}", value=False,
                                                              elem_id=f"ak-enable-{method_id}")
                             controls[method_id] = {}
@@ -454,6 +461,9 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 # presets carry the methods of the field table; condition images (pka) are not preset data
                 presettable = [m for m in methods if m.id in REGISTRY]
                 notes = list(result.report.warnings)
+                if _split(words) and not methods:
+                    notes.insert(0, "no method is on, so the picked words were not used: open a method's section "
+                                    "and enable it")
                 if _whole(seed_value, "Seed") == -1:
                     notes.insert(0, f"random seed: {seed_number}")
                 out = Path(tempfile.mkdtemp(prefix="attnkit-")) / "attnkit.png"
@@ -475,6 +485,13 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                         f"{error_text(f'generation failed: {first_line(exc)}')}\n\n{STALE}")
             finally:
                 state.end(session)
+
+        # a section's header says when its method is on (a loaded preset may turn methods on)
+        for method_id in method_ids:
+            def relabel(on, title=METHOD_TITLES[method_id]):
+                return gr.update(label=section_label(title, on))
+
+            toggles[method_id].change(relabel, toggles[method_id], sections[method_id], queue=False)
 
         takes_request(gr, run)
         event = run_button.click(

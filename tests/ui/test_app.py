@@ -315,3 +315,9 @@ def test_png_import_restores_the_prompt_and_size_and_says_so(app):
     assert (steps, cfg, seed, width, height) == (3, 6.5, 5, 64, 72)
     assert (prompt, negative) == ("a red car and a white sheep", "blurry")
     assert status == "Imported its prompt, settings and methods from attnkit.png."
+
+
+def test_picked_words_with_no_method_on_say_so(app):
+    client = Client(app.local_url, verbose=False)
+    status = call_run(client, "a red car", ["car"])[-1]
+    assert status.startswith("Done.\n- no method is on, so the picked words were not used"), status

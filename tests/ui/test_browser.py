@@ -86,6 +86,8 @@ def test_generate_and_load_a_preset_in_a_browser(app, browser):
     pick(browser, "#ak-words", ["car", "bird"])
     click(browser, find(browser, "#ak-acc-observe button, #ak-acc-observe .label-wrap"))
     click(browser, find(browser, "#ak-enable-observe input"))
+    WebDriverWait(browser, 30).until(  # the section's header shows the method is on
+        lambda d: "(on)" in d.find_element(By.CSS_SELECTOR, "#ak-acc-observe .label-wrap, #ak-acc-observe button").text)
     click(browser, find(browser, "#ak-generate"))
     WebDriverWait(browser, 180).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, "#ak-images img") and d.find_elements(By.CSS_SELECTOR,
@@ -113,6 +115,9 @@ def test_generate_and_load_a_preset_in_a_browser(app, browser):
     WebDriverWait(browser, 60).until(
         lambda d: d.find_element(By.CSS_SELECTOR, "#ak-enable-structured input").is_selected())
     assert not browser.find_element(By.CSS_SELECTOR, "#ak-enable-observe input").is_selected()
+    WebDriverWait(browser, 30).until(
+        lambda d: "(on)" in d.find_element(By.CSS_SELECTOR, "#ak-acc-structured .label-wrap, "
+                                                            "#ak-acc-structured button").text)
     assert browser.find_element(By.CSS_SELECTOR, "#ak-structured_conjunction input").is_selected()
     browser.save_screenshot(str(ARTIFACTS / "app-preset.png"))
 
