@@ -346,6 +346,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                         seed = gr.Number(label="Seed (-1: random)", value=0, precision=0, minimum=-1,
                                          maximum=2**32 - 1,
                                          elem_id="ak-seed")
+                        dice = gr.Button("\U0001F3B2", elem_id="ak-seed-random", scale=0, min_width=40)
                         steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="ak-steps")
                         cfg = gr.Slider(0, 20, value=7.5, step=0.5, label="CFG scale", elem_id="ak-cfg")
                     with gr.Row():
@@ -369,7 +370,8 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                             delete_button = gr.Button("Delete", elem_id="ak-preset-delete")
                         preset_name = gr.Textbox(label="Save as", elem_id="ak-preset-name")
                         save_button = gr.Button("Save", elem_id="ak-preset-save")
-                        share = gr.Textbox(label="Share code (paste one and press Import)", elem_id="ak-share")
+                        share = gr.Textbox(label="Share code (paste one and press Import)", elem_id="ak-share",
+                                           buttons=["copy"])
                         with gr.Row():
                             export_button = gr.Button("Export share code", elem_id="ak-export")
                             import_button = gr.Button("Import", elem_id="ak-import")
@@ -492,6 +494,8 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 return gr.update(label=section_label(title, on))
 
             toggles[method_id].change(relabel, toggles[method_id], sections[method_id], queue=False)
+
+        dice.click(lambda: -1, None, seed, queue=False)  # A1111's dice: a new random seed for the next run
 
         takes_request(gr, run)
         event = run_button.click(

@@ -249,3 +249,12 @@ def test_a_failed_generate_keeps_the_message_and_the_last_results(app, browser):
     time.sleep(12)
     assert "type a prompt first" in status_text(browser) and "from an earlier run" in status_text(browser)
     assert browser.find_elements(By.CSS_SELECTOR, "#ak-images img"), "the last result was wiped"
+
+
+def test_the_dice_asks_for_a_random_seed_and_share_codes_can_be_copied(app, browser):
+    browser.get(app.local_url)
+    click(browser, find(browser, "#ak-seed-random"))
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#ak-seed input").get_attribute("value") == "-1")
+    click(browser, find(browser, "#ak-acc-presets button, #ak-acc-presets .label-wrap"))
+    find(browser, "#ak-share button")  # the copy button
