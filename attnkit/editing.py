@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .errors import AttnKitError, UnsupportedModelError
+from .errors import AttnKitError, UnsupportedModelError, one_line
 from .inversion import DDIM, NullTextConfig, cfg_step, check_stop, ddim_invert, denoise, null_text_step
 from .methods.dpl import DPL, DPLConfig, DynamicPrompt, background_mask, dynamic_words, target_words
 from .methods.p2p import P2P, Keys, P2PConfig, P2PEdit
@@ -210,7 +210,7 @@ def load_image(image, size: tuple[int, int]):
         try:
             image = Image.open(image)
         except Exception as exc:  # not an image, unreadable, a decompression bomb...
-            raise AttnKitError(f"cannot read {name}: {_reason(exc)}") from None
+            raise AttnKitError(f"cannot read {name}: {one_line(exc, 200)}") from None
     elif isinstance(image, np.ndarray):
         array = image.astype(np.float32)
         if array.ndim != 3 or array.shape[-1] not in (3, 4):
@@ -234,13 +234,7 @@ def load_image(image, size: tuple[int, int]):
         cropped = image.crop((left, top, left + box_w, top + box_h)).convert("RGB")
         return cropped.resize((w, h), Image.LANCZOS)
     except Exception as exc:  # truncated data shows up when the pixels are decoded
-        raise AttnKitError(f"cannot read {name}: {_reason(exc)}") from None
-
-
-def _reason(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+        raise AttnKitError(f"cannot read {name}: {one_line(exc, 200)}") from None
 
 
 def pixels(image) -> torch.Tensor:

@@ -8,6 +8,23 @@ how to fix it.
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters: a library's error for a message a user
+    reads (theirs often span many lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value, limit: int = 80) -> str:
+    """``repr`` of a value a user gave, for a message: short, and safe for integers past Python's digit limit."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a number too long to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class AttnKitError(ValueError):
     """Base class of every error caused by user input (bad argument, unknown word, unsupported model...)."""
 

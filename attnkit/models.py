@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import AttnKitError, ModelLoadError, UnsupportedModelError
+from .errors import AttnKitError, ModelLoadError, UnsupportedModelError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -335,12 +335,12 @@ def _checkpoint_family(path: Path) -> str:
             with safe_open(str(path), framework="pt") as f:
                 keys = set(f.keys())
         except Exception as exc:  # a truncated or non-safetensors file
-            raise ModelLoadError(f"{path} is not a readable .safetensors file ({_one_line(exc)})") from exc
+            raise ModelLoadError(f"{path} is not a readable .safetensors file ({one_line(exc)})") from exc
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ModelLoadError(f"{path} is not a readable checkpoint ({_one_line(exc)})") from exc
+            raise ModelLoadError(f"{path} is not a readable checkpoint ({one_line(exc)})") from exc
         keys = set(state.get("state_dict", state).keys())
     if any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys):
         return "flux"
@@ -378,7 +378,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None):
         raise
     except Exception as exc:
         raise ModelLoadError(
-            f"could not load {path} as a {family} checkpoint: {_one_line(exc)}. Offline, pass config=<a local diffusers "
+            f"could not load {path} as a {family} checkpoint: {one_line(exc)}. Offline, pass config=<a local diffusers "
             "folder of the same architecture> (CLI: --config)"
         ) from exc
 
@@ -392,13 +392,6 @@ def _hub_reason(exc: BaseException) -> str:
     if any(k in text for k in ("not found", "404", "repositorynotfound", "does not appear to have")):
         return "the model hub has no such model"
     return f"the model hub did not give it ({type(exc).__name__})"
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as one short line (library errors often span many)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def check_device(device) -> str:
@@ -461,7 +454,7 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
         try:
             pipe = DiffusionPipeline.from_pretrained(str(path), **_dtype_kwargs(torch_dtype))
         except Exception as exc:
-            raise ModelLoadError(f"could not load the diffusers folder {path}: {_one_line(exc)}") from exc
+            raise ModelLoadError(f"could not load the diffusers folder {path}: {one_line(exc)}") from exc
     elif path.is_file():
         if path.suffix not in (".safetensors", ".ckpt"):
             raise ModelLoadError(f"{path} is a file but not a .safetensors or .ckpt checkpoint")

@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import AttnKitError
+from .errors import AttnKitError, shown
 from .ui.fields import MAX_MASK_SIDE, Field, fields_for
 
 SCHEMA_VERSION = 1
@@ -524,15 +524,6 @@ def _bound(value, kind: str) -> str:
     return str(int(value)) if kind == "int" else f"{value:g}"
 
 
-def _shown(value) -> str:
-    """``repr`` of a user's value, short (and safe for integers past Python's digit limit)."""
-    try:
-        text = repr(value)
-    except ValueError:
-        return "a number too long to show"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _too_big(size: int) -> str:
     return f"preset too large ({size / 1024:.0f} KiB); presets are at most {MAX_JSON_BYTES // 1024} KiB"
 
@@ -627,7 +618,7 @@ def _number(value, kind: str) -> bool:
 def _value(f: Field, value, path: str, problems: list[str]):
     """Check one option against its field row; returns the normalised value (tuples for windows, int keys)."""
     def bad(expected: str):
-        problems.append(f"{path}: expected {expected}, got {_shown(value)}")
+        problems.append(f"{path}: expected {expected}, got {shown(value)}")
 
     kind = f.kind
     if kind == "bool":
@@ -731,8 +722,8 @@ def _settings(value, problems: list[str]) -> dict[str, Any]:
         elif _number(item, kind) and low <= item <= high and (key not in ("width", "height") or item % 8 == 0):
             out[key] = int(item) if kind == "int" else float(item)
         elif key in ("width", "height") and _number(item, kind) and low <= item <= high:
-            problems.append(f"settings.{key}: expected a multiple of 8, got {_shown(item)}")
+            problems.append(f"settings.{key}: expected a multiple of 8, got {shown(item)}")
         else:
             problems.append(f"settings.{key}: expected a{'n integer' if kind == 'int' else ' number'} "
-                            f"from {_bound(low, kind)} to {_bound(high, kind)}, got {_shown(item)}")
+                            f"from {_bound(low, kind)} to {_bound(high, kind)}, got {shown(item)}")
     return out

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from .attention import flux_text_attention_probs, unet_cross_attention_probs
-from .errors import AlreadyAttachedError, AttnKitError, StepCallbackError
+from .errors import AlreadyAttachedError, AttnKitError, StepCallbackError, shown
 from .layers import LayerInfo, discover_layers, grid_for
 from .methods.base import Controller, Method, MethodReport
 from .models import denoiser_of, family_of
@@ -772,11 +772,10 @@ def generate(
     """
     if "prompt" in pipe_kwargs:
         raise AttnKitError("pass the prompt once, as generate(pipe, prompt, ...)")
-    methods = check_methods(methods)
     check_call(pipe_kwargs)
     if seed is not None and "generator" not in pipe_kwargs:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
-            raise AttnKitError(f"seed must be an integer from 0 to 2**64 - 1, got {_short(seed)}")
+            raise AttnKitError(f"seed must be an integer from 0 to 2**64 - 1, got {shown(seed)}")
         pipe_kwargs["generator"] = torch.Generator("cpu").manual_seed(seed)
     user_callback = pipe_kwargs.pop("callback_on_step_end", None)
     user_inputs = pipe_kwargs.pop("callback_on_step_end_tensor_inputs", None)
@@ -791,14 +790,6 @@ def generate(
             pipe_kwargs["latents"] = run.first_step_latents(prompt, pipe_kwargs)
         output = pipe(prompt=prompt, **wiring, **pipe_kwargs)
     return Result(images=list(output.images), report=run.report, prompt=prompt, seed=seed)
-
-
-def _short(value) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an integer past Python's digit limit
-        return "a number too long to show"
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_methods(methods) -> list:
@@ -825,14 +816,14 @@ def check_call(kwargs: dict) -> None:
     :data:`MAX_STEPS`, height and width whole multiples of 8 from 8 up, guidance a finite number."""
     steps = kwargs.get("num_inference_steps")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS):
-        raise AttnKitError(f"num_inference_steps must be a whole number from 1 to {MAX_STEPS}, got {_short(steps)}")
+        raise AttnKitError(f"num_inference_steps must be a whole number from 1 to {MAX_STEPS}, got {shown(steps)}")
     for name in ("height", "width"):
         value = kwargs.get(name)
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 8 or value % 8:
-            raise AttnKitError(f"{name} must be a positive multiple of 8 (pixels), got {_short(value)}")
+            raise AttnKitError(f"{name} must be a positive multiple of 8 (pixels), got {shown(value)}")
     scale = kwargs.get("guidance_scale")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale
                               or abs(scale) == float("inf")):
-        raise AttnKitError(f"guidance_scale must be a finite number, got {_short(scale)}")
+        raise AttnKitError(f"guidance_scale must be a finite number, got {shown(scale)}")

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import AttnKitError, UnsupportedModelError
+from .errors import AttnKitError, UnsupportedModelError, one_line
 from .hostkernel import PATCH_METHODS, HostRun, install_patches, strip_weights, unet_block_keys, unet_blocks
 from .methods import REGISTRY
 from .presets import Preset, PresetError
@@ -332,11 +332,6 @@ def _job_prompt(p, hires: bool = False) -> str:
     return prompts[0]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def failure_message(exc: BaseException, where: str = "") -> str:
     """One line for a note under the image: what failed and what to do.
 
@@ -344,7 +339,7 @@ def failure_message(exc: BaseException, where: str = "") -> str:
     """
     if isinstance(exc, AttnKitError):
         return str(exc)
-    return (f"stopped by an error{where} ({_first_line(exc)}); the image was finished without it. Please report "
+    return (f"stopped by an error{where} ({one_line(exc, 200)}); the image was finished without it. Please report "
             "this with your prompt and AttnKit settings")
 
 

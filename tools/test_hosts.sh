@@ -23,12 +23,23 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 tier=${1:-}
 [ $# -gt 0 ] && shift
-
 case "$tier" in
-  comfyui) ;;
-  webui) exec bash tools/test_webui_hosts.sh "$@" ;;
+  comfyui|webui) ;;
   *) echo "usage: bash tools/test_hosts.sh comfyui|webui [pytest args...]" >&2; exit 2 ;;
 esac
+
+# what every tier shares: the environment cache, the interpreter, quiet pip
+cache=${ATTNKIT_HOST_CACHE:-$HOME/.cache/attnkit-hosts}
+python=${PYTHON:-python3}
+quiet() {  # run a pip command without the registry mirror's "Location ... is ignored" lines
+  "$@" 2>&1 | { grep -v "is ignored" || true; } >&2
+  return "${PIPESTATUS[0]}"
+}
+
+if [ "$tier" = webui ]; then
+  . tools/test_webui_hosts.sh  # Forge, A1111 and SD.Next (see that file)
+  exit
+fi
 
 host="$root/../shared/hosts/ComfyUI"
 if [ ! -f "$host/execution.py" ]; then
@@ -36,18 +47,11 @@ if [ ! -f "$host/execution.py" ]; then
   exit 0
 fi
 host=$(cd "$host" && pwd)
-cache=${ATTNKIT_HOST_CACHE:-$HOME/.cache/attnkit-hosts}
 mkdir -p "$cache"
 venv="$cache/comfyui-venv"
-python=${PYTHON:-python3}
 
 #: the transformers ComfyUI v0.3.64 was installed with (see above); held when the pack's requirements install too
 transformers_pin="transformers<5"
-
-quiet() {  # run a pip command without the registry mirror's "Location ... is ignored" lines
-  "$@" 2>&1 | { grep -v "is ignored" || true; } >&2
-  return "${PIPESTATUS[0]}"
-}
 
 # --- the environment (rebuilt only when its inputs change)
 want=$( (cat "$host/requirements.txt" requirements.txt tools/constraints.txt; sed -n '/^# --- the environment/,/^# --- end/p' "$0") \

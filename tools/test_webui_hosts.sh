@@ -1,5 +1,5 @@
-#!/usr/bin/env bash
-# The webui real-host tier (run it as `bash tools/test_hosts.sh webui [pytest args...]`): attnkit driven through the
+# The webui real-host tier, sourced by `bash tools/test_hosts.sh webui [pytest args...]` (which sets $root, $cache,
+# $python and quiet, and runs from the repository root): attnkit driven through the
 # pinned sources of Forge, A1111 and SD.Next in ../shared/hosts, in an environment of their own, built once and
 # cached (ATTNKIT_HOST_CACHE, default ~/.cache/attnkit-hosts).
 #
@@ -11,9 +11,6 @@
 # - gradio 3.43.2 (SD.Next's; A1111 pins 3.41.2) for the script's real controls and SD.Next's paste handler;
 # - open-clip-torch 2.20.0 (both webuis' pin) without its dependencies: its tokenizer is what A1111 SD 2.x uses.
 # CPU torch as everywhere (tools/constraints.txt). Nothing is downloaded at test time (HF_HUB_OFFLINE).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
 hosts="$root/../shared/hosts"
 missing=()
 for h in forge a1111 sdnext; do [ -d "$hosts/$h/modules" ] || missing+=("$h"); done
@@ -22,19 +19,12 @@ if [ ${#missing[@]} -eq 3 ]; then
   exit 0
 fi
 hosts=$(cd "$hosts" && pwd)
-cache=${ATTNKIT_HOST_CACHE:-$HOME/.cache/attnkit-hosts}
 mkdir -p "$cache"
 venv="$cache/webui-venv"
 old_transformers="$cache/webui-transformers-4.30"
-python=${PYTHON:-python3}
-
-quiet() {  # run a pip command without the registry mirror's "Location ... is ignored" lines
-  "$@" 2>&1 | { grep -v "is ignored" || true; } >&2
-  return "${PIPESTATUS[0]}"
-}
 
 # --- the environment (rebuilt only when its inputs change)
-want=$( (cat requirements.txt tools/constraints.txt; sed -n '/^# --- the environment/,/^# --- end/p' "$0") \
+want=$( (cat requirements.txt tools/constraints.txt; sed -n '/^# --- the environment/,/^# --- end/p' "${BASH_SOURCE[0]}") \
   | sha256sum | cut -c1-16)
 if [ "$(cat "$venv/.attnkit-setup" 2>/dev/null)" != "$want" ]; then
   echo "setting up the webui test environment in $venv (first run: a few minutes)" >&2

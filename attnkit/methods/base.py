@@ -203,7 +203,6 @@ def _check_sizes(method_id: str, config) -> None:
     from ..ui.fields import fields_for
 
     rows = {f.name: f for f in fields_for(method_id)}
-    limits = {name: row.limit for name, row in rows.items()}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         row = rows.get(f.name)
@@ -213,7 +212,7 @@ def _check_sizes(method_id: str, config) -> None:
                                [:300])
         if not isinstance(value, (list, tuple, dict, set, frozenset)):
             continue
-        limit = limits.get(f.name, MAX_ITEMS)
+        limit = row.limit if row is not None else MAX_ITEMS
         if len(value) > limit:
             raise AttnKitError(f"{method_id}: {f.name} takes at most {limit} entries, got {len(value)}; "
                                "pick fewer (the same word twice counts twice)")

@@ -46,7 +46,8 @@ def edit_knobs(edit_type, reweight, blend_words, blend_threshold, cross_replace,
 def build_edit_tab(gr, state):
     """The Edit tab's widgets and events (inside a ``gr.Tab``); ``state`` is the app's :class:`AppState`."""
     from ..editing import edit
-    from .panel import error_text, first_line, session_of, takes_request, words_update
+    from ..errors import one_line
+    from .panel import error_text, session_of, takes_request, words_update
 
     with gr.Row():
         with gr.Column(scale=3):
@@ -141,7 +142,7 @@ def build_edit_tab(gr, state):
             return gr.update(), gr.update(), gr.update(), error_text(str(exc))
         except Exception as exc:  # a readable message, never a trace in the UI
             logger.exception("attnkit edit failed")
-            return gr.update(), gr.update(), gr.update(), error_text(f"edit failed: {first_line(exc)}")
+            return gr.update(), gr.update(), gr.update(), error_text(f"edit failed: {one_line(exc, 200)}")
         finally:
             state.end(session)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AttnKitError
+from ..errors import AttnKitError, one_line
 from ..methods import REGISTRY, get_method
 from ..presets import Preset, PresetError, check_settings, delete_preset, prompts_of_image, user_presets
 from .fields import Field, fields_for
@@ -111,11 +111,6 @@ def _whole(value, label: str) -> int:
     return int(number)
 
 
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (at most 200 characters of it)."""
-    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
-
-
 #: said under a failed or stopped run: the results still on screen are not this run's
 STALE = "Any images shown are from an earlier run."
 
@@ -145,7 +140,7 @@ def reports_in_status(gr, what: str, before: int):
                 message = str(exc)
             except Exception as exc:
                 logger.exception("attnkit: %s failed", what)
-                message = f"{what} failed: {first_line(exc)}"
+                message = f"{what} failed: {one_line(exc, 200)}"
             return [*(gr.update() for _ in range(before)), error_text(message)]
 
         return handler
@@ -484,7 +479,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
             except Exception as exc:  # a readable message, never a trace in the UI
                 logger.exception("attnkit generation failed")
                 return (gr.update(), gr.update(), gr.update(),
-                        f"{error_text(f'generation failed: {first_line(exc)}')}\n\n{STALE}")
+                        f"{error_text(f'generation failed: {one_line(exc, 200)}')}\n\n{STALE}")
             finally:
                 state.end(session)
 
