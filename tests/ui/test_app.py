@@ -149,6 +149,7 @@ def test_extension_starts_the_app_on_localhost(tmp_path):
     import socket
     import subprocess
     import sys
+    import threading
     import time
     import urllib.request
     from pathlib import Path
@@ -158,20 +159,23 @@ def test_extension_starts_the_app_on_localhost(tmp_path):
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "extension.py", "--port", str(port), "--presets", str(tmp_path)],
-                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
+        # the banner is printed once launch() returns, which can be a while after the page first answers
         deadline, page = time.time() + 120, ""
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert "attnkit" in page, proc.stdout.read().decode() if proc.poll() is not None else "no page"
+        while time.time() < deadline and proc.poll() is None and not any("Ctrl+C" in line for line in lines):
+            time.sleep(0.2)
+        assert proc.poll() is None, "".join(lines)
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
+        assert "attnkit" in page
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    banner = proc.stdout.read().decode()
+        reader.join(timeout=10)
+    banner = "".join(lines)
     assert f"attnkit app: http://127.0.0.1:{port}" in banner and "--share for a public link" in banner, banner
     assert "share=True" not in banner and "launch()" not in banner
 
