@@ -211,6 +211,7 @@ def _generate(args) -> int:
     from .models import TINY_IMAGE_SIZE, is_tiny, load_pipeline
     from .presets import PresetError
     from .runtime import generate
+    from .steps import shown_step, work_text
 
     _check_settings(args)
     _check_outputs({"--out": args.out, "--maps": args.maps}, {"--report": args.report})
@@ -231,14 +232,23 @@ def _generate(args) -> int:
     pipe.set_progress_bar_config(disable=True)
     bar = None
 
-    def on_step(step):
+    requested = kwargs["num_inference_steps"]
+
+    def make_bar():
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=step.count, desc="attnkit", unit="step")
-        bar.update(1)
+            bar = tqdm(total=requested, desc="attnkit", unit="step")
+        return bar
+
+    def on_step(step):  # in the steps asked for (a sampler may take more denoiser steps, e.g. PNDM 21 for 20)
+        make_bar().update(shown_step(step, requested) - make_bar().n)
+        bar.set_postfix_str("")
+
+    def on_work(step, what, done, total):  # a long step's inner passes (refinement tries, iterations)
+        make_bar().set_postfix_str(work_text(what, done, total))
 
     try:
-        result = generate(pipe, args.prompt, methods, seed=args.seed, on_step=on_step, **kwargs)
+        result = generate(pipe, args.prompt, methods, seed=args.seed, on_step=on_step, on_work=on_work, **kwargs)
     finally:
         if bar is not None:
             bar.close()

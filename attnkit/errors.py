@@ -54,4 +54,13 @@ class StepCallbackError(AttnKitError):
 
 
 class Interrupted(AttnKitError):
-    """The user stopped a long run (editing, inversion); the pipeline is left as it was."""
+    """The user stopped a long run (generation, editing, inversion); the pipeline is left as it was."""
+
+
+def check_stop(stop) -> None:
+    """Raise :class:`Interrupted` when ``stop`` (a ``threading.Event`` or a callable) says so."""
+    if stop is None:
+        return
+    flag = stop.is_set() if hasattr(stop, "is_set") else stop()
+    if flag:
+        raise Interrupted("stopped by the user; the pipeline is left as it was")

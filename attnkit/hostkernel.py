@@ -177,6 +177,9 @@ class HostRun:
         self._encode = encode
         self._gradient = gradient
         self.on_error = on_error
+        #: ``on_work(step, what, done, total)`` before each pass of a method's inner loop (hosts check their own
+        #: interrupt flag here, so a cancel acts within one pass)
+        self.on_work: Callable | None = None
         #: the error that stopped this run (only with ``on_error``); the patches pass through from then on
         self.failed: BaseException | None = None
         self._tokens = PromptTokens({"tokenizer": TokenMap(self.prompt, tokenizer, 77)}, "tokenizer", 77)
@@ -245,6 +248,11 @@ class HostRun:
         if grad.remaining:
             raise AttnKitError(f"the gradient pass never reached {len(grad.remaining)} of the layers it reads")
         return grad.maps
+
+    def work(self, step: StepInfo, what: str, done: int, total: int) -> None:
+        """A method's inner loop is about to run pass ``done`` of at most ``total`` (as :meth:`attnkit.Run.work`)."""
+        if self.on_work is not None:
+            self.on_work(step, what, done, total)
 
     def update_latents(self, latents: torch.Tensor, step: StepInfo) -> torch.Tensor:
         """Let every latent-optimising method update the DDPM-scaled ``latents`` before ``step``."""

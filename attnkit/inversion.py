@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import AttnKitError, Interrupted
+from .errors import AttnKitError, check_stop
 from .layers import choose_grid
 from .methods.base import Controller, Method
 from .methods.dpl import DPLConfig
@@ -79,15 +79,6 @@ class DDIM:
         a_t, a_cur = self.alpha(t), self.alpha(min(int(t) - self.ratio, 999))
         eps, x0 = self._eps_x0(out, a_t, x, a_cur)
         return a_t ** 0.5 * x0 + (1 - a_t) ** 0.5 * eps
-
-
-def check_stop(stop) -> None:
-    """Raise :class:`Interrupted` when ``stop`` (a ``threading.Event`` or a callable) says so."""
-    if stop is None:
-        return
-    flag = stop.is_set() if hasattr(stop, "is_set") else stop()
-    if flag:
-        raise Interrupted("stopped by the user; the pipeline is left as it was")
 
 
 def denoise(pipe, latents: torch.Tensor, t, text: torch.Tensor) -> torch.Tensor:

@@ -350,7 +350,7 @@ def _rules(prompt: str) -> list[tuple[int, int]]:
 def _require(package: str, how: str) -> None:
     if importlib.util.find_spec(package) is None:
         raise AttnKitError(f"parser={package!r} needs the {package} package and its English model: {how}. "
-                           "attnkit never downloads models; or use parser='rules' or explicit phrases=[...]")
+                           "attnkit never downloads models. Or choose the rules parser, or type the phrases yourself")
 
 
 def _stanza(prompt: str) -> list[tuple[int, int]]:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from .attention import flux_text_attention_probs, unet_cross_attention_probs
-from .errors import AlreadyAttachedError, AttnKitError, StepCallbackError, shown
+from .errors import AlreadyAttachedError, AttnKitError, StepCallbackError, check_stop, shown
 from .layers import LayerInfo, discover_layers, grid_for
 from .methods.base import Controller, Method, MethodReport
 from .models import denoiser_of, family_of
@@ -127,6 +127,10 @@ class Run:
             ``do_classifier_free_guidance``). Loops that call the denoiser themselves say it.
         num_steps: the number of steps of the run, for loops that call the denoiser themselves (default: the
             pipeline's scheduler).
+        on_work: called as ``on_work(step, what, done, total)`` inside a step's own loops (a latent-optimising
+            method's refinement tries or iterations), before each pass: sub-progress for long steps.
+        stop: a ``threading.Event`` (or a callable returning ``True``); when set, the run raises
+            :class:`~attnkit.errors.Interrupted` at the next step end or inner iteration, whichever comes first.
     """
 
     def __init__(
@@ -141,8 +145,12 @@ class Run:
         sequences: tuple | None = None,
         cfg: bool | None = None,
         num_steps: int | None = None,
+        on_work: Callable[[StepInfo, str, int, int], None] | None = None,
+        stop=None,
     ):
         self.pipe = pipe
+        self.on_work = on_work
+        self.stop = stop
         #: who holds the pipeline's claim for this run (``attach`` claims before the run is built)
         self._owner: object = self
         self.prompt_2 = prompt_2
@@ -298,6 +306,7 @@ class Run:
             c.end_step(self.step)
         if self.on_step is not None:
             self.on_step(self.step)
+        check_stop(self.stop)
         step = self.step
         self._next_index = step_index + 1
         count = step.count
@@ -332,6 +341,13 @@ class Run:
         if inputs:
             kwargs["callback_on_step_end_tensor_inputs"] = inputs
         return kwargs
+
+    def work(self, step: StepInfo, what: str, done: int, total: int) -> None:
+        """A method's inner loop is about to run pass ``done`` (0-based) of at most ``total`` at ``step``: stop if
+        asked (:class:`~attnkit.errors.Interrupted`), then tell ``on_work``."""
+        check_stop(self.stop)
+        if self.on_work is not None:
+            self.on_work(step, what, done, total)
 
     def update_latents(self, latents: torch.Tensor, step: StepInfo, timestep) -> torch.Tensor:
         """Let every latent-optimising method update ``latents`` before ``step`` runs."""
@@ -686,6 +702,8 @@ def attach(
     on_step: Callable[[StepInfo], None] | None = None,
     prompt_2: str | None = None,
     target_prompt: str | None = None,
+    on_work: Callable[[StepInfo, str, int, int], None] | None = None,
+    stop=None,
 ) -> Iterator[Run]:
     """Attach attnkit to ``pipe`` for one pipeline call; restore every processor afterwards, whatever happens.
 
@@ -705,7 +723,7 @@ def attach(
     claim(denoiser, owner)  # before anything reads or encodes with the pipeline a running call is using
     try:
         run = Run(pipe, methods, prompt=prompt, max_sequence_length=max_sequence_length, on_step=on_step,
-                  prompt_2=prompt_2, target_prompt=target_prompt)
+                  prompt_2=prompt_2, target_prompt=target_prompt, on_work=on_work, stop=stop)
         run._owner = owner
         run.install()
     except BaseException:
@@ -753,6 +771,8 @@ def generate(
     methods: Iterable[Method] = (),
     seed: int | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    on_work: Callable[[StepInfo, str, int, int], None] | None = None,
+    stop=None,
     **pipe_kwargs,
 ) -> Result:
     """Generate with attnkit methods active.
@@ -764,6 +784,10 @@ def generate(
         seed: makes the run reproducible (a CPU ``torch.Generator`` seeded with it, so results match across
             devices); ignored when ``generator`` is passed in ``pipe_kwargs``.
         on_step: called with each finished :class:`StepInfo`.
+        on_work: called as ``on_work(step, what, done, total)`` before each pass of a method's loop inside a step
+            (Attend-and-Excite's refinement tries, A-STAR's iterations): sub-progress for long steps.
+        stop: a ``threading.Event`` (or a callable returning ``True``): when set, the call raises
+            :class:`~attnkit.errors.Interrupted` at the next step end or inner pass; the pipeline is left as it was.
         **pipe_kwargs: passed to the pipeline (``num_inference_steps``, ``guidance_scale``, ``height``...). A
             ``callback_on_step_end`` of yours is called after attnkit's.
 
@@ -780,7 +804,7 @@ def generate(
     user_callback = pipe_kwargs.pop("callback_on_step_end", None)
     user_inputs = pipe_kwargs.pop("callback_on_step_end_tensor_inputs", None)
     with attach(pipe, methods, prompt=prompt, max_sequence_length=pipe_kwargs.get("max_sequence_length"),
-                on_step=on_step, prompt_2=pipe_kwargs.get("prompt_2")) as run:
+                on_step=on_step, prompt_2=pipe_kwargs.get("prompt_2"), on_work=on_work, stop=stop) as run:
         wiring = run.call_kwargs(user_callback)
         if user_inputs:
             wiring["callback_on_step_end_tensor_inputs"] = sorted(

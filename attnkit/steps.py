@@ -45,3 +45,53 @@ def check_window(window, name: str = "steps") -> tuple[float, float]:
     if not 0.0 <= start < stop <= 1.0:
         raise AttnKitError(f"{name}={window!r} must satisfy 0 <= start < stop <= 1 (fractions of the run's steps)")
     return start, stop
+
+
+def shown_step(step: StepInfo, requested: int) -> int:
+    """The 1-based step to show a user who asked for ``requested`` steps when ``step`` has just finished.
+
+    Some samplers make more denoiser steps than asked (PNDM: 21 for 20, its first step is taken twice); progress
+    counts in the user's steps, so it never reads "step 21/20" or "/21"."""
+    if requested <= 0 or step.count == requested:
+        return step.index + 1
+    return min(requested, max(1, round((step.index + 1) * requested / step.count)))
+
+
+def work_text(what: str, done: int, total: int) -> str:
+    """A method's inner pass in words: ``"refining, try 3 of at most 20"``, ``"optimising 2/5"``, ``"optimising"``."""
+    if what == "refining":
+        return f"refining, try {done + 1} of at most {total}"
+    return f"{what} {done + 1}/{total}" if total > 1 else what
+
+
+class Progress:
+    """Overall progress of a job of ``passes`` runs of ``requested`` steps each, with an estimate of the time left.
+
+    ``fraction(pass_no, step, part)`` is how much of the whole job is done when ``part`` (0..1) of ``step`` of pass
+    ``pass_no`` is; ``eta(fraction)`` is the time left at the rate so far (``None`` before there is a rate)."""
+
+    def __init__(self, requested: int, passes: int = 1, clock=None):
+        import time
+
+        self.requested, self.passes = int(requested), max(int(passes), 1)
+        self._clock = clock or time.perf_counter
+        self._start = self._clock()
+
+    def fraction(self, pass_no: int, step: StepInfo, part: float = 1.0) -> float:
+        within = (step.index + min(max(part, 0.0), 1.0)) / max(step.count, 1)
+        return min((pass_no + within) / self.passes, 1.0)
+
+    def eta(self, fraction: float) -> float | None:
+        elapsed = self._clock() - self._start
+        if fraction <= 0 or elapsed <= 0:
+            return None
+        return elapsed * (1 - fraction) / fraction
+
+    def describe(self, fraction: float) -> str:
+        """``" · about 12 s left"`` (or ``""`` with no estimate yet)."""
+        left = self.eta(fraction)
+        if left is None:
+            return ""
+        if left >= 90:
+            return f" · about {left / 60:.0f} min left"
+        return f" · about {max(left, 1):.0f} s left"

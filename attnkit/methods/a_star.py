@@ -136,6 +136,7 @@ class AStarController(LatentController):
         size = self.step_size(step)
         record = {"step": step.index, "image": image}
         for iteration in range(self.config.iterations):
+            self.run.work(step, "optimising", iteration, self.config.iterations)
             latent = latent.detach().clone().requires_grad_(True)
             loss, seg, ret, maps = self.losses(latent, step, image)
             if iteration == 0:

@@ -103,6 +103,7 @@ class AttendExciteController(LatentController):
 
     def optimise(self, latent, step, image):
         config, size = self.config, self.step_size(step)
+        self.run.work(step, "optimising", 0, 1)
         latent = latent.clone().requires_grad_(True)
         loss, maxima = self.loss(latent, step, image)
         record = {"step": step.index, "image": image, "loss": float(loss.detach())}
@@ -110,6 +111,7 @@ class AttendExciteController(LatentController):
         if threshold is not None and loss > 1.0 - threshold:
             tries = 0
             while loss > max(0.0, 1.0 - threshold):
+                self.run.work(step, "refining", tries, config.max_refinement_steps)
                 tries += 1
                 latent = latent.clone().detach().requires_grad_(True)
                 loss, maxima = self.loss(latent, step, image)

@@ -129,7 +129,8 @@ class P2PConfig:
             raise AttnKitError(f"p2p: reweight must map words to scales in [-10, 10], e.g. {{'red': 2.0}}; got {self.reweight!r}")
         self.reweight = {k: float(v) for k, v in self.reweight.items()}
         if self.edit == "reweight" and not self.reweight:
-            raise AttnKitError("p2p: edit='reweight' needs reweight={word: scale}, e.g. {'red': 2.0}")
+            raise AttnKitError("p2p: the reweight edit needs reweight words and their scales, e.g. red=2 "
+                               "(in Python reweight={'red': 2.0})")
         if isinstance(self.blend_words, str):
             self.blend_words = [w.strip() for w in self.blend_words.split(",") if w.strip()]
         if self.blend_words is not None:
@@ -230,7 +231,7 @@ def replace_mapper(source: Keys, target: Keys) -> torch.Tensor:
     if len(src) != len(tgt):
         raise AttnKitError(
             f"p2p replace swaps words one for one, but the source has {len(src)} words and the target "
-            f"{len(tgt)}; use edit='refine' to add or remove words"
+            f"{len(tgt)}; to add or remove words choose the refine edit (edit=\"refine\" in Python)"
         )
     length = source.length
     mapper = torch.zeros(length, length)

@@ -15,10 +15,10 @@ float      number in ``[minimum, maximum]``          slider
 choice     one of ``choices``                        dropdown
 words      list of words/phrases of the prompt       word picker
 indices    list of token positions                   text (advanced)
-window     ``(start, stop)`` progress fractions      range slider (two numbers)
-windows    list of windows                           text (advanced)
-grid       ``None`` (auto) or ``(h, w)``             dropdown of the model's grids
-thresholds ``{step: threshold}``                     text (advanced)
+window     ``(start, stop)`` progress fractions      text ``0-0.5`` (from-to)
+windows    list of windows                           text ``0-0.5, 0.5-1`` (advanced)
+grid       ``None`` (auto) or ``(h, w)``             dropdown: auto and common grids
+thresholds ``{step: threshold}``                     text ``0: 0.05, 10: 0.5`` (advanced)
 masks      ``{word: 0/1 grid}``                      not in the panel (Python and presets)
 ========== ======================================== ==============================
 """
@@ -56,6 +56,8 @@ class Field:
     maximum: float | None = None
     step: float | None = None
     choices: tuple = ()
+    #: what the panel shows for each of ``choices`` (same order; empty: the values themselves)
+    choice_labels: tuple = ()
     advanced: bool = False
     panel: bool = True
     limit: int = 32
@@ -68,54 +70,65 @@ class Field:
 
 FIELDS: tuple[Field, ...] = (
     # observe
-    Field("observe", "words", "Words", "words", None, "words or phrases to map; empty: every word"),
+    Field("observe", "words", "Words", "words", None,
+          "words or phrases to map; empty: the picked words, or every word when none is picked"),
     Field("observe", "resolution", "Map resolution", "grid", None,
-          "query grid the maps are averaged at; auto: the coarsest grid that still localises"),
-    Field("observe", "steps", "Step windows", "windows", [(0.0, 1.0)],
-          "one set of maps per window of the run (fractions of the steps)", advanced=True, limit=8),
+          "the grid the maps are averaged at; auto: the coarsest grid that still localises"),
+    Field("observe", "steps", "Map steps", "windows", [(0.0, 1.0)],
+          "one set of maps per part of the run, as from-to fractions: 0-1 the whole run, 0-0.5, 0.5-1 two halves",
+          advanced=True, limit=8),
     # structured
     Field("structured", "parser", "Phrase parser", "choice", "rules",
           "how noun phrases are found (stanza and spacy need their models installed)",
           choices=("rules", "stanza", "spacy")),
-    Field("structured", "phrases", "Phrases", "words", None, "phrases to use instead of the parser"),
+    Field("structured", "phrases", "Phrases", "words", None,
+          "noun phrases to use instead of the parser's, e.g. a red car, a white sheep; empty: the parser finds them"),
     Field("structured", "conjunction", "Conjunction mode", "bool", False,
           "many keys and one value (for 'A and B' prompts) instead of one key and many values"),
     Field("structured", "conjunction_first_key", "Conjunction first key", "choice", "official",
-          "official: all-substituted sequence, as the official code; prompt: the raw prompt, as the paper",
-          choices=("official", "prompt"), advanced=True),
-    Field("structured", "steps", "Active steps", "window", (0.0, 1.0), "fraction of the run in which it acts",
+          "which text gives the first key: the official code's (every phrase substituted) or the paper's (the "
+          "prompt itself)",
+          choices=("official", "prompt"), choice_labels=("as the official code", "as the paper"), advanced=True),
+    Field("structured", "steps", "Active steps", "window", (0.0, 1.0),
+          "the part of the run in which it acts, as from-to fractions: 0-1 the whole run, 0-0.5 the first half",
           advanced=True),
     # attend_excite
     Field("attend_excite", "words", "Subject words", "words", None, "the subjects that must appear"),
-    Field("attend_excite", "token_indices", "Token indices", "indices", None,
-          "token positions instead of words (BOS is 0)", advanced=True, limit=16),
+    Field("attend_excite", "token_indices", "Token positions", "indices", None,
+          "positions of the subject tokens instead of words, e.g. 2, 5 (the start token is 0, the first word 1)",
+          advanced=True, limit=16),
     Field("attend_excite", "max_iter_to_alter", "Optimised steps", "int", 25,
-          "steps 0..n-1 get a gradient step", minimum=0, maximum=200, step=1),
+          "the first n steps each nudge the latent once", minimum=0, maximum=200, step=1),
     Field("attend_excite", "thresholds", "Refinement thresholds", "thresholds", {0: 0.05, 10: 0.5, 20: 0.8},
-          "at these steps, refine until each subject's attention reaches the threshold", advanced=True, limit=16),
+          "step: threshold pairs, e.g. 0: 0.05, 10: 0.5; at those steps it retries until every subject's "
+          "attention peak reaches the threshold", advanced=True, limit=16),
     Field("attend_excite", "scale_factor", "Step size", "float", 20.0, "scale of the latent update",
           minimum=0.5, maximum=100.0, step=0.5),
-    Field("attend_excite", "attn_res", "Map resolution", "grid", None, "grid of the maps; auto: image / 32",
-          advanced=True),
+    Field("attend_excite", "attn_res", "Map resolution", "grid", None,
+          "the grid of the maps the loss reads; auto: the image's size / 32", advanced=True),
     Field("attend_excite", "smoothing", "Smoothing", "choice", "diffusers",
-          "diffusers: the pipeline's kernel; gaussian: a true sigma-0.5 Gaussian", choices=("diffusers", "gaussian",
-                                                                                             "none"), advanced=True),
-    Field("attend_excite", "max_refinement_steps", "Refinement tries", "int", 20, "tries per refinement",
+          "how the maps are blurred before their peaks are read: diffusers' kernel (the reference), a true "
+          "Gaussian, or none", choices=("diffusers", "gaussian", "none"), advanced=True),
+    Field("attend_excite", "max_refinement_steps", "Refinement tries", "int", 20,
+          "at most this many retries at each threshold step",
           minimum=0, maximum=50, step=1, advanced=True),
     # a_star
     Field("a_star", "words", "Concept words", "words", None, "the concepts to keep apart and alive"),
-    Field("a_star", "token_indices", "Token indices", "indices", None, "token positions instead of words",
+    Field("a_star", "token_indices", "Token positions", "indices", None,
+          "positions of the concept tokens instead of words, e.g. 2, 5 (the start token is 0, the first word 1)",
           advanced=True, limit=16),
     Field("a_star", "tau", "Retention threshold", "float", 0.5,
           "fraction of a map's max that counts as the concept's area", minimum=0.05, maximum=0.95, step=0.05),
     Field("a_star", "scale_factor", "Step size", "float", 20.0, "scale of the latent update",
           minimum=0.5, maximum=100.0, step=0.5),
-    Field("a_star", "steps", "Optimised steps", "window", (0.0, 1.0), "fraction of the run that is optimised"),
+    Field("a_star", "steps", "Optimised steps", "window", (0.0, 1.0),
+          "the part of the run that is optimised, as from-to fractions: 0-1 the whole run, 0-0.5 the first half"),
     Field("a_star", "iterations", "Iterations per step", "int", 1, "gradient steps per optimised step",
           minimum=1, maximum=20, step=1, advanced=True),
-    Field("a_star", "attn_res", "Map resolution", "grid", None, "grid of the maps; auto: image / 32",
-          advanced=True),
-    Field("a_star", "smoothing", "Smoothing", "choice", "diffusers", "smoothing of the maps",
+    Field("a_star", "attn_res", "Map resolution", "grid", None,
+          "the grid of the maps the losses read; auto: the image's size / 32", advanced=True),
+    Field("a_star", "smoothing", "Smoothing", "choice", "diffusers",
+          "how the maps are blurred: diffusers' kernel (the reference), a true Gaussian, or none",
           choices=("diffusers", "gaussian", "none"), advanced=True),
     Field("a_star", "masks", "Layout masks", "masks", None, "one 0/1 grid per word, in place of retention masks",
           panel=False, limit=16),

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AttnKitError, one_line
+from ..errors import AttnKitError, Interrupted, one_line
 from ..methods import REGISTRY, get_method
 from ..presets import Preset, PresetError, check_settings, delete_preset, prompts_of_image, user_presets
+from ..steps import Progress, shown_step, work_text
 from .fields import Field, fields_for
 
 logger = logging.getLogger("attnkit")
@@ -203,51 +205,65 @@ def widget_value_to_param(f: Field, value):
         except ValueError:
             raise AttnKitError(f"{f.label}: write token positions such as 2, 5, got {value!r}") from None
     if f.kind == "window":
-        parts = _split(value) or []
-        if len(parts) != 2:
-            raise AttnKitError(f"{f.label}: write two fractions, start and stop, e.g. 0.0, 1.0")
-        try:
-            return (float(parts[0]), float(parts[1]))
-        except ValueError:
-            raise AttnKitError(f"{f.label}: {value!r} is not two numbers such as 0.0, 1.0") from None
+        return _range(value, f.label)
     if f.kind == "windows":
-        try:
-            return [tuple(w) for w in json.loads(value)] if value else [(0.0, 1.0)]
-        except (ValueError, TypeError):
-            raise AttnKitError(f"{f.label}: write windows as [[start, stop], ...], got {value!r}") from None
+        text = str(value or "").strip()
+        if text.startswith("["):  # the JSON form earlier versions showed
+            try:
+                return [tuple(w) for w in json.loads(text)]
+            except (ValueError, TypeError):
+                raise AttnKitError(f"{f.label}: write from-to ranges such as 0-0.5, 0.5-1, got {value!r}") from None
+        parts = [p for p in re.split(r"[,;]", text) if p.strip()]
+        return [_range(p, f.label, many=True) for p in parts] or [(0.0, 1.0)]
     if f.kind == "grid":
-        if not value or str(value).strip() == "auto":
+        if not value or str(value).strip().lower() == "auto":
             return None
-        h, _, w = str(value).strip().lower().partition("x")
+        h, _, w = str(value).strip().lower().replace("×", "x").partition("x")
         try:
             return (int(h), int(w or h))
         except ValueError:
-            raise AttnKitError(f"{f.label}: write auto or HxW such as 16x16, got {value!r}") from None
+            raise AttnKitError(f"{f.label}: choose auto or a grid such as 16x16, got {value!r}") from None
     if f.kind == "thresholds":
+        text = str(value or "").strip()
         try:
-            return {int(k): float(v) for k, v in json.loads(value or "{}").items()}
+            if text.startswith("{"):  # the JSON form earlier versions showed
+                return {int(k): float(v) for k, v in json.loads(text).items()}
+            pairs = [p.replace("=", ":").split(":") for p in re.split(r"[,;]", text) if p.strip()]
+            return {int(k): float(v) for k, v in pairs}
         except (ValueError, TypeError, AttributeError):
-            raise AttnKitError(f"{f.label}: write {{\"step\": threshold, ...}}, got {value!r}") from None
+            raise AttnKitError(f"{f.label}: write step: threshold pairs such as 0: 0.05, 10: 0.5, got {value!r}") \
+                from None
     raise AttnKitError(f"{f.key} has no widget")
 
 
 def param_to_widget_value(f: Field, value):
-    import json
-
     if f.kind == "words" or f.kind == "indices":
         return ", ".join(str(v) for v in value) if value else ""
     if f.kind == "window":
-        return f"{value[0]:g}, {value[1]:g}"
+        return f"{value[0]:g}-{value[1]:g}"
     if f.kind == "windows":
-        return json.dumps([list(w) for w in value])
+        return ", ".join(f"{w[0]:g}-{w[1]:g}" for w in value)
     if f.kind == "grid":
         if value is None:
             return "auto"
         h, w = (value, value) if isinstance(value, int) else value
         return f"{h}x{w}"
     if f.kind == "thresholds":
-        return json.dumps({str(k): v for k, v in value.items()})
+        return ", ".join(f"{k}: {v:g}" for k, v in value.items())
     return value
+
+
+_NUMBER = r"\s*(\d*\.?\d+)\s*"
+
+
+def _range(text, label: str, many: bool = False) -> tuple[float, float]:
+    """A from-to range of the run such as ``0-0.5`` (also ``0 to 0.5``; a lone range also ``0, 0.5``)."""
+    separators = r"(?:-|–|to)" if many else r"(?:-|–|to|,)"
+    match = re.fullmatch(_NUMBER + separators + _NUMBER, str(text or ""))
+    if not match:
+        example = "0-0.5, 0.5-1" if many else "0-1 (the whole run) or 0-0.5 (the first half)"
+        raise AttnKitError(f"{label}: write from-to fractions of the run such as {example}, got {str(text)!r}")
+    return (float(match.group(1)), float(match.group(2)))
 
 
 def panel_fields(method_id: str) -> list[Field]:
@@ -430,22 +446,32 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 if neg:
                     kwargs["negative_prompt"] = neg
 
-                def on_step(step):
-                    progress((step.index + 1, step.count), desc=f"step {step.index + 1}/{step.count}")
+                passes = 2 if baseline else 1
+                clock = Progress(settings["steps"], passes)
 
-                def halt(pipeline, i, t, cb_kwargs):
-                    if stop.is_set():
-                        pipeline._interrupt = True
-                    return {}
+                def reporter(pass_no: int, label: str):
+                    """Progress callbacks of one pass: the user's step count, inner passes, time left overall."""
+                    def on_step(step):
+                        done = clock.fraction(pass_no, step)
+                        progress(done, desc=f"{label}step {shown_step(step, clock.requested)}/{clock.requested}"
+                                            f"{clock.describe(done)}")
 
+                    def on_work(step, what, done_passes, total):
+                        done = clock.fraction(pass_no, step, done_passes / max(total, 1))
+                        shown = shown_step(step, clock.requested)  # the step these passes prepare
+                        progress(done, desc=f"{label}step {shown}/{clock.requested}: "
+                                            f"{work_text(what, done_passes, total)}{clock.describe(done)}")
+
+                    return {"on_step": on_step, "on_work": on_work}
+
+                progress(0.0, desc="starting")
                 with lock:
-                    result = generate(pipe, text, methods, seed=settings["seed"], on_step=on_step,
-                                      callback_on_step_end=halt, **kwargs)
+                    result = generate(pipe, text, methods, seed=settings["seed"], stop=stop,
+                                      **reporter(0, "attnkit "), **kwargs)
                     base = None
-                    if baseline and not stop.is_set():
-                        base = generate(pipe, text, [], seed=settings["seed"], callback_on_step_end=halt, **kwargs)
-                if stop.is_set():
-                    return gr.update(), gr.update(), gr.update(), f"Stopped; the pipeline is restored. {STALE}"
+                    if baseline:
+                        base = generate(pipe, text, [], seed=settings["seed"], stop=stop,
+                                        **reporter(1, "baseline "), **kwargs)
                 gallery = [(result.images[0], "attnkit")]
                 if base is not None:
                     gallery.append((base.images[0], "baseline"))
@@ -473,6 +499,8 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 result.images[0].save(out, format="PNG", pnginfo=info)
                 message = "Done." + "".join(f"\n- {n}" for n in notes)
                 return gallery, maps, str(out), message
+            except Interrupted:
+                return gr.update(), gr.update(), gr.update(), f"Stopped; the pipeline is restored. {STALE}"
             # a failed run: the message stays in the status line, the last results stay up, marked as old
             except AttnKitError as exc:
                 return gr.update(), gr.update(), gr.update(), f"{error_text(str(exc))}\n\n{STALE}"
@@ -602,6 +630,10 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
     return demo
 
 
+#: the map grids the Map resolution boxes offer (any other HxW can be typed)
+GRIDS = ("auto", "8x8", "16x16", "32x32", "64x64")
+
+
 def _widget(gr, f: Field, prefix: str = "ak"):
     """A Gradio component for a field row (``elem_id`` = ``<prefix>-<field key>``)."""
     elem = f"{prefix}-{f.key}"
@@ -612,11 +644,15 @@ def _widget(gr, f: Field, prefix: str = "ak"):
     if f.kind in ("int", "float"):
         return gr.Slider(f.minimum, f.maximum, value=value, step=f.step, label=label, info=f.help, elem_id=elem)
     if f.kind == "choice":
-        return gr.Dropdown(choices=list(f.choices), value=value, label=label, info=f.help, elem_id=elem)
-    if f.kind == "window":
-        return gr.Textbox(value=value, label=f"{label} (start, stop)", info=f.help, elem_id=elem)
+        # (label, value) choices need Gradio 4 (Gradio 3, in A1111 and SD.Next, shows the tuple as text)
+        labelled = f.choice_labels and int(str(getattr(gr, "__version__", "4")).split(".")[0]) >= 4
+        choices = list(zip(f.choice_labels, f.choices)) if labelled else list(f.choices)
+        return gr.Dropdown(choices=choices, value=value, label=label, info=f.help, elem_id=elem)
     if f.kind == "grid":
-        return gr.Textbox(value=value, label=f"{label} (auto or HxW)", info=f.help, elem_id=elem)
-    placeholder = {"words": "empty: the picked words", "indices": "e.g. 2, 5", "windows": "[[0, 1]]",
-                   "thresholds": '{"0": 0.05}'}.get(f.kind, "")
+        return gr.Dropdown(choices=list(GRIDS), value=value, label=label, info=f.help, allow_custom_value=True,
+                           elem_id=elem)
+    placeholder = {"words": "empty: the picked words", "indices": "e.g. 2, 5", "window": "e.g. 0-1",
+                   "windows": "e.g. 0-0.5, 0.5-1", "thresholds": "e.g. 0: 0.05, 10: 0.5"}.get(f.kind, "")
+    if f.key == "structured_phrases":
+        placeholder = "empty: the parser finds them"
     return gr.Textbox(value=value, label=label, info=f.help, placeholder=placeholder, elem_id=elem)

@@ -272,7 +272,7 @@ def test_infotext_round_trip_restores_every_control(webui_script, sd15):
     chosen = {
         "structured": {"conjunction": True, "conjunction_first_key": "prompt", "phrases": "red car, white sheep"},
         "observe": {"words": "car, sheep", "resolution": "4x4"},
-        "a_star": {"words": "car", "tau": 0.35, "iterations": 3, "steps": "0, 0.5"},
+        "a_star": {"words": "car", "tau": 0.35, "iterations": 3, "steps": "0-0.5"},
     }
     args = control_args(methods=chosen, exact_tokens=False, hires=True)
     p = make_job("sdnext", sd15)

@@ -182,3 +182,55 @@ def test_attach_with_call_kwargs_optimises_from_step_1(sd15):
         with attnkit.attach(sd15, [AStar(words=["cat", "frog"])], prompt=PROMPT) as run:
             sd15(PROMPT, callback_on_step_end=run.callback, callback_on_step_end_tensor_inputs=["prompt_embeds"],
                  **FAST)
+
+
+def test_inner_passes_are_reported_and_stop_acts_within_one(sd15):
+    """Refinement tries and A-STAR iterations are reported before each pass; a Stop pressed during a refinement acts
+    at the next try (not after the step), and the pipeline is left as it was."""
+    from attnkit.errors import Interrupted
+
+    seen = []
+    # thresholds out of reach: step 0 refines for all its tries
+    method = AttendExcite(words=["cat", "frog"], thresholds={0: 1.0}, max_refinement_steps=6, max_iter_to_alter=2)
+    attnkit.generate(sd15, PROMPT, [method], seed=0, num_inference_steps=3,
+                     on_work=lambda step, what, done, total: seen.append((step.index, what, done, total)))
+    assert [s for s in seen if s[0] == 0] == [(0, "optimising", 0, 1)] + [(0, "refining", i, 6) for i in range(6)]
+    assert [s for s in seen if s[0] > 0] == [(1, "optimising", 0, 1)]
+
+    seen = []
+    attnkit.generate(sd15, PROMPT, [AStar(words=["cat", "frog"], iterations=3)], seed=0, num_inference_steps=2,
+                     on_work=lambda step, what, done, total: seen.append((step.index, what, done, total)))
+    # the tiny pipelines sample with PNDM: 3 denoiser steps for 2
+    assert seen == [(i, "optimising", d, 3) for i in range(3) for d in range(3)]
+
+    before = dict(sd15.unet.attn_processors)
+    stop, passes = __import__("threading").Event(), []
+
+    def press_stop(step, what, done, total):
+        passes.append(done)
+        if what == "refining" and done == 2:
+            stop.set()
+
+    with pytest.raises(Interrupted, match="stopped by the user"):
+        attnkit.generate(sd15, PROMPT, [method], seed=0, num_inference_steps=3, on_work=press_stop, stop=stop)
+    assert passes == [0, 0, 1, 2], "the try after the Stop never ran"
+    assert all(before[k] is v for k, v in sd15.unet.attn_processors.items())
+    np.testing.assert_array_equal(with_attnkit(sd15, PROMPT)[0], plain(sd15, PROMPT))
+
+
+def test_stop_between_steps_raises_and_restores(sd15):
+    from attnkit.errors import Interrupted
+
+    stop, steps = __import__("threading").Event(), []
+
+    def on_step(step):
+        steps.append(step.index)
+        if step.index == 1:
+            stop.set()
+
+    before = dict(sd15.unet.attn_processors)
+    with pytest.raises(Interrupted):
+        attnkit.generate(sd15, PROMPT, [Observe(words=["cat"])], seed=0, num_inference_steps=5, on_step=on_step,
+                         stop=stop)
+    assert steps == [0, 1]
+    assert all(before[k] is v for k, v in sd15.unet.attn_processors.items())

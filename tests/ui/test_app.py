@@ -325,3 +325,71 @@ def test_picked_words_with_no_method_on_say_so(app):
     client = Client(app.local_url, verbose=False)
     status = call_run(client, "a red car", ["car"])[-1]
     assert status.startswith("Done.\n- no method is on, so the picked words were not used"), status
+
+
+def app_function(app, name):
+    """The Python function behind one of the app's events (to call it with a recording progress tracker)."""
+    return next(f.fn for f in app.fns.values() if getattr(f.fn, "__name__", "") == name)
+
+
+class Recorder:
+    """Stands for ``gr.Progress``: records what the progress bar would show."""
+
+    def __init__(self):
+        self.shown = []
+
+    def __call__(self, progress=None, desc=None, **_):
+        self.shown.append((progress, desc))
+
+
+def test_progress_counts_the_steps_asked_for_with_inner_passes_and_the_baseline(app):
+    run = app_function(app, "run")
+    values = defaults(("attend_excite",), attend_excite_thresholds="0: 1.0", attend_excite_max_refinement_steps=3)
+    progress = Recorder()
+    *_, status = run(None, "tiny-sd15", "a cat and a frog", "", "cat, frog", 0, 3, 7.5, 64, 64, True, progress,
+                     *values, *no_conditions())
+    assert status.startswith("Done."), status
+    descs = [d for _, d in progress.shown]
+    fractions = [f for f, _ in progress.shown]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0, "progress only moves forward, to the end"
+    assert not any("/4" in d for d in descs), "PNDM's extra denoiser step is not a step the user asked for"
+    assert [d.split(" ·")[0] for d in descs if "refining" in d] == [
+        f"attnkit step 1/3: refining, try {i} of at most 3" for i in (1, 2, 3)]
+    assert any(d.startswith("attnkit step 3/3") for d in descs)
+    assert any(d.startswith("baseline step 3/3") for d in descs)
+    assert fractions[descs.index(next(d for d in descs if d.startswith("baseline")))] > 0.5
+    assert any("left" in d for d in descs), "an estimate of the time left"
+
+
+def test_fields_are_typed_in_plain_formats_and_old_ones_still_read():
+    from attnkit.errors import AttnKitError
+    from attnkit.ui.fields import fields_for
+    from attnkit.ui.panel import widget_value_to_param as read
+
+    rows = {f.key: f for m in REGISTRY for f in fields_for(m)}
+    windows, window = rows["observe_steps"], rows["a_star_steps"]
+    thresholds, grid = rows["attend_excite_thresholds"], rows["observe_resolution"]
+    # what the panel shows for the defaults
+    assert param_to_widget_value(windows, [(0.0, 1.0)]) == "0-1"
+    assert param_to_widget_value(window, (0.0, 0.5)) == "0-0.5"
+    assert param_to_widget_value(thresholds, {0: 0.05, 10: 0.5, 20: 0.8}) == "0: 0.05, 10: 0.5, 20: 0.8"
+    assert param_to_widget_value(grid, None) == "auto"
+    # and reads back, in the forms people type
+    assert read(windows, "0-0.5, 0.5-1") == [(0.0, 0.5), (0.5, 1.0)]
+    assert read(windows, "0 to .5; .5 to 1") == [(0.0, 0.5), (0.5, 1.0)]
+    assert read(windows, "[[0.0, 1.0]]") == [(0.0, 1.0)]  # what earlier versions showed
+    assert read(window, "0.2-0.8") == read(window, "0.2, 0.8") == (0.2, 0.8)
+    assert read(thresholds, "0: 0.05, 10: 0.5") == read(thresholds, '{"0": 0.05, "10": 0.5}') == {0: 0.05, 10: 0.5}
+    assert read(thresholds, "0=0.1") == {0: 0.1}
+    assert read(grid, "16×16") == (16, 16) and read(grid, "Auto") is None
+    for field, typed, message in [
+        (windows, "0, 1", "write from-to fractions of the run such as 0-0.5, 0.5-1, got '0'"),
+        (window, "half", "Optimised steps: write from-to fractions of the run such as 0-1"),
+        (thresholds, "0.05 at 0", "Refinement thresholds: write step: threshold pairs such as 0: 0.05"),
+        (grid, "big", "Map resolution: choose auto or a grid such as 16x16"),
+    ]:
+        with pytest.raises(AttnKitError, match=message):
+            read(field, typed)
+    # no label speaks of BOS, JSON or HxW
+    labels = " ".join(f"{f.label} {f.help}" for f in rows.values())
+    assert "BOS" not in labels and "JSON" not in labels and "HxW" not in labels

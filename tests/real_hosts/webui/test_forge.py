@@ -185,7 +185,7 @@ def test_step_windows_follow_the_host_steps(forge):
     """A window over the last quarter of a 4-step run holds step 3; with the lagging index the run ended at step 2
     and the window was empty (a note said so and no maps came)."""
     p = Processing(forge.model(), PROMPT, steps=4)
-    forge.run(p, control_args(observe={"words": "car", "steps": "[[0.75, 1.0]]"}))
+    forge.run(p, control_args(observe={"words": "car", "steps": "0.75-1"}))
     report = forge.script.last_job.reports[0]
     assert not p.comments, p.comments
     assert report.steps == 4 and report["observe"].maps["car"].shape[-1] > 0
@@ -193,7 +193,7 @@ def test_step_windows_follow_the_host_steps(forge):
 
 def test_a_run_warning_is_a_note_under_the_image(forge):
     p = Processing(forge.model(), PROMPT, steps=4)
-    forge.run(p, control_args(observe={"words": "car", "steps": "[[0.9, 1.0]]"}))
+    forge.run(p, control_args(observe={"words": "car", "steps": "0.9-1"}))
     assert [c for c in p.comments if "no step fell in the window 0.9-1 of this 4-step run" in c], p.comments
 
 
