@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="structured: conjunction mode (many keys, one value)")
     gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20 tiny, 30 otherwise)")
     gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    gen.add_argument("--sampler", default=None,
+                     help="Euler, 'Euler a', 'DPM++ 2M', 'DPM++ 2M Karras', DDIM, PNDM, UniPC, Heun, LMS "
+                          "(default: the model's own)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--width", type=int, default=None)
@@ -82,8 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--reweight", help="word=scale pairs, comma-separated (red=2,blue=0.5)")
     ed.add_argument("--blend-words", help="local blend: words whose region may change (dog,fox)")
     ed.add_argument("--blend-threshold", type=float, default=None, help="local blend mask threshold (0.3)")
-    ed.add_argument("--cross-replace", help="steps (start,stop fractions) in which cross-attention is injected (0,0.8)")
-    ed.add_argument("--self-replace", help="steps in which coarse self-attention is injected (0,0.4)")
+    ed.add_argument("--cross-replace", help="part of the run in which cross-attention is injected, as from-to fractions "
+                                                   "(default 0-0.8)")
+    ed.add_argument("--self-replace", help="part of the run in which coarse self-attention is injected (default 0-0.4)")
     ed.add_argument("--token-iterations", type=int, default=None, help="DPL: most token updates per step (21)")
     ed.add_argument("--null-iterations", type=int, default=None, help="null-text: most updates per step (10)")
     ed.add_argument("--dpl-null-text", action="store_true",
@@ -214,6 +218,9 @@ def _generate(args) -> int:
     from .steps import shown_step, work_text
 
     _check_settings(args)
+    from .samplers import DEFAULT, check_sampler, using_sampler
+
+    check_sampler(args.sampler)  # a typo is refused before the model loads
     _check_outputs({"--out": args.out, "--maps": args.maps}, {"--report": args.report})
     methods = _method_objects(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config)
@@ -248,7 +255,9 @@ def _generate(args) -> int:
         make_bar().set_postfix_str(work_text(what, done, total))
 
     try:
-        result = generate(pipe, args.prompt, methods, seed=args.seed, on_step=on_step, on_work=on_work, **kwargs)
+        with using_sampler(pipe, args.sampler) as sampler:
+            result = generate(pipe, args.prompt, methods, seed=args.seed, on_step=on_step, on_work=on_work,
+                              **kwargs)
     finally:
         if bar is not None:
             bar.close()
@@ -256,6 +265,8 @@ def _generate(args) -> int:
         from .presets import Preset
 
         settings = {"steps": kwargs["num_inference_steps"], "seed": args.seed}
+        if sampler != DEFAULT:
+            settings["sampler"] = sampler
         if args.cfg is not None:
             settings["guidance_scale"] = args.cfg
         if height and width:

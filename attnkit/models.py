@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 TINY_NAMES = {"tiny-sd15": "sd15", "tiny-sdxl": "sdxl", "tiny-flux": "flux"}
 TINY_FAMILIES = tuple(TINY_NAMES.values())
+#: how the model families read in messages
+FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "flux": "Flux"}
 #: Default image side of the tiny pipelines (pixels): big enough that maps show structure, small enough for a CPU.
 TINY_IMAGE_SIZE = 128
 
@@ -474,3 +476,41 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
             ) from exc
     family_of(pipe)  # refuse unsupported pipelines here, where the input entered
     return pipe.to(device)
+
+
+#: what the built-in models are, for model choosers
+TINY_NOTES = {
+    "tiny-sd15": "built-in SD 1.5 layout, random weights",
+    "tiny-sdxl": "built-in SDXL layout, random weights",
+    "tiny-flux": "built-in Flux layout, random weights",
+}
+
+
+def models_dir() -> Path:
+    """The user's models folder: ``$ATTNKIT_MODELS``, else ``~/.config/attnkit/models``."""
+    return Path(os.environ.get("ATTNKIT_MODELS") or Path.home() / ".config" / "attnkit" / "models").expanduser()
+
+
+def model_choices(folder: str | os.PathLike | None = None, limit: int = 200) -> list[tuple[str, str]]:
+    """``(label, source)`` for a model chooser: the built-in models, then the diffusers folders and
+    ``.safetensors``/``.ckpt`` files directly inside ``folder`` (default :func:`models_dir`), sorted by name.
+
+    Only the folder's listing is read (no model is opened and nothing is asked of the model hub); a missing or
+    unreadable folder lists nothing of its own."""
+    out = [(f"{name} ({note})", name) for name, note in TINY_NOTES.items()]
+    root = Path(folder).expanduser() if folder else models_dir()
+    try:
+        entries = sorted(root.iterdir(), key=lambda p: p.name.lower())
+    except OSError:
+        return out
+    for entry in entries[: limit * 4]:
+        try:
+            if entry.is_dir() and (entry / "model_index.json").is_file():
+                out.append((f"{entry.name} (diffusers folder)", str(entry)))
+            elif entry.is_file() and entry.suffix.lower() in (".safetensors", ".ckpt"):
+                out.append((f"{entry.name} (checkpoint)", str(entry)))
+        except OSError:
+            continue
+        if len(out) >= len(TINY_NOTES) + limit:
+            break
+    return out

@@ -94,14 +94,18 @@ class Preset:
         """The configured method objects of this preset.
 
         Args:
-            words: the words picked in the prompt, for methods whose preset names none (presets are prompt-free).
+            words: the words picked in the prompt, for every method with a words option whose preset names none
+                (presets are prompt-free): the subjects of Attend-and-Excite and A-STAR, the words observe maps.
         """
+        import dataclasses
+
         from .methods import get_method
 
         out = []
         for method_id, params in self.methods:
             params = dict(params)
-            if words and _needs_words(method_id) and params.get("words") is None and not params.get("token_indices"):
+            has_words = "words" in {f.name for f in dataclasses.fields(get_method(method_id).config_class)}
+            if words and has_words and params.get("words") is None and not params.get("token_indices"):
                 params["words"] = list(words)
             if _needs_words(method_id) and params.get("words") is None and params.get("token_indices") is None:
                 raise PresetError(f"{method_id} needs words: pick its words in the prompt")

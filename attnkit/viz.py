@@ -80,5 +80,9 @@ def labelled_grid(tiles: list[tuple[str, Image.Image]], tile: int, columns: int)
     for i, (label, picture) in enumerate(tiles):
         x, y = (i % cols) * tile, (i // cols) * (tile + label_h)
         grid.paste(picture, (x, y))
-        draw.text((x + tile // 2, y + tile + label_h // 2), label, fill="black", font=font, anchor="mm")
+        fitted, size = font, label_h - 4
+        while size > 8 and draw.textlength(label, font=fitted) > tile - 8:  # a long label gets a smaller font
+            size -= 2
+            fitted = _font(size)
+        draw.text((x + tile // 2, y + tile + label_h // 2), label, fill="black", font=fitted, anchor="mm")
     return grid

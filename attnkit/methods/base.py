@@ -177,7 +177,8 @@ class Method:
     def controller(self, run: "Run") -> Controller:
         """A fresh controller holding this method's state for one run."""
         if run.family not in self.families:
-            names = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "flux": "Flux"}
+            from ..models import FAMILY_NAMES as names
+
             raise UnsupportedModelError(
                 f"{self.id} does not support {names[run.family]} pipelines; it works with "
                 f"{', '.join(names[f] for f in self.families)}"

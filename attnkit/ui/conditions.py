@@ -13,10 +13,10 @@ SLOTS = 4
 
 
 def build_conditions(gr):
-    """The section's widgets (inside the caller's layout); returns ``(inputs, keyword pickers)``."""
+    """The section's widgets (inside the caller's layout); returns ``(inputs, keyword pickers, the accordion)``."""
     images, kinds, keywords = [], [], []
     with gr.Accordion("Conditions (Flux: position-aligned, keyword-scoped attention)", open=False,
-                      elem_id="ak-acc-conditions"):
+                      elem_id="ak-acc-conditions") as section:
         gr.Markdown("Condition images for Flux models: **spatial** maps (edges, depth, any picture on the image's "
                     "layout) and **subject** photos (pick the prompt word naming the subject).")
         for i in range(SLOTS):
@@ -37,7 +37,7 @@ def build_conditions(gr):
                                 elem_id="ak-cond-epsilon")
             residual = gr.Checkbox(label="Residual reading", value=False, elem_id="ak-cond-residual")
     inputs = [x for slot in zip(images, kinds, keywords) for x in slot] + [mode, window, epsilon, residual]
-    return inputs, keywords
+    return inputs, keywords, section
 
 
 def pka_from_controls(values):

@@ -43,34 +43,97 @@ def edit_knobs(edit_type, reweight, blend_words, blend_threshold, cross_replace,
     return knobs
 
 
+def phase_weights(knobs: dict[str, Any], dynamic: bool) -> dict[str, float]:
+    """The cost of one step of each phase, in denoiser passes (a gradient pass counts three): inversion one pass,
+    optimisation one plus three per null-text (and DPL token) update, the edit one pass of a batch of four."""
+    nulls = knobs["null_iterations"] + (knobs["token_iterations"] if dynamic else 0)
+    return {"invert": 1.0, "optimise": 1.0 + 3.0 * nulls, "edit": 3.0}
+
+
+def overall(weights: dict[str, float], phase: str, done: int, total: int) -> float:
+    """The fraction of the whole edit done at step ``done`` of ``total`` of ``phase`` (phases run in order)."""
+    whole = sum(weights.values())
+    before = sum(w for p, w in weights.items() if list(weights).index(p) < list(weights).index(phase))
+    return min((before + weights[phase] * done / max(total, 1)) / whole, 1.0)
+
+
+def psnr_text(psnr: float) -> str:
+    """The reconstruction quality in words."""
+    verdict = ("close to the photo" if psnr >= 30 else "recognisably the photo" if psnr >= 20
+               else "far from the photo, so the edit starts from a different picture")
+    return (f"The inversion reproduces the photo at {psnr:.1f} dB PSNR: {verdict} (30 dB and up is close; the "
+            "built-in random-weight models cannot reproduce photos).")
+
+
+def edit_png_info(settings: dict[str, Any], model: str):
+    """PNG text chunks of an edited image: A1111-style ``parameters`` and the full settings (``attnkit-edit``)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    p2p = settings.get("p2p") or {}
+    pairs = [f"Steps: {settings['num_inference_steps']}", f"CFG scale: {settings['guidance_scale']:g}",
+             f"Seed: {settings['seed']}", f"Edit: {p2p.get('edit', 'replace')}",
+             f"Source caption: {settings['source_prompt']}"]
+    if settings.get("words"):
+        pairs.append(f"Dynamic words: {' + '.join(settings['words'])}")
+    if model:
+        pairs.append(f"Model: {model}")
+    info = PngInfo()
+    info.add_text("parameters", f"{settings['target_prompt']}\n{', '.join(pairs)}")
+    info.add_text("attnkit-edit", json.dumps(settings, default=str))
+    return info
+
+
+def labelled(picture, label: str):
+    """``picture`` with ``label`` written under it (a map or mask says what it is also when saved)."""
+    from ..viz import labelled_grid
+
+    side = max(picture.width, picture.height, 384)  # room for the label's words
+    return labelled_grid([(label, picture.convert("RGB").resize((side, side)))], side, 1)
+
+
+def _seed(value) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise AttnKitError(f"Seed: type a whole number from 0, got {value!r}") from None
+    if number != number or number < 0 or number != int(number):
+        raise AttnKitError(f"Seed: type a whole number from 0, got {value!r}")
+    return int(number)
+
+
 def build_edit_tab(gr, state):
     """The Edit tab's widgets and events (inside a ``gr.Tab``); ``state`` is the app's :class:`AppState`."""
     from ..editing import edit
     from ..errors import one_line
-    from .panel import error_text, session_of, takes_request, words_update
+    from ..steps import Progress
+    from ..viz import overlay
+    from .panel import STALE, error_text, session_of, takes_request, words_update
 
+    note = gr.Markdown(elem_id="ak-edit-note")
     with gr.Row():
         with gr.Column(scale=3):
             photo = gr.Image(label="Photo", type="pil", elem_id="ak-edit-image")
-            source = gr.Textbox(label="Caption of the photo", placeholder="a cat and a dog", elem_id="ak-edit-source")
-            target = gr.Textbox(label="Edited caption", placeholder="a cat and a fox", elem_id="ak-edit-target")
+            source = gr.Textbox("", label="Caption of the photo", placeholder="a cat and a dog", elem_id="ak-edit-source")
+            target = gr.Textbox("", label="Edited caption", placeholder="a cat and a fox", elem_id="ak-edit-target")
             picker = gr.CheckboxGroup(label="Words to make dynamic (DPL; none: null-text inversion only)",
                                       choices=[], elem_id="ak-edit-words")
-            picked = gr.Textbox(visible=False, elem_id="ak-edit-picked")
+            picked = gr.Textbox("", visible=False, elem_id="ak-edit-picked")
             with gr.Row():
                 edit_type = gr.Dropdown(["replace", "refine", "reweight"], value="replace", label="Edit",
                                         info="replace: swap words; refine: add or remove words; reweight: "
                                              "strengthen or weaken words", elem_id="ak-edit-type")
-                reweight = gr.Textbox(label="Reweight", placeholder="red=2, blue=0.5", elem_id="ak-edit-reweight")
+                reweight = gr.Textbox("", label="Reweight", placeholder="red=2, blue=0.5", elem_id="ak-edit-reweight")
             with gr.Row():
-                blend_words = gr.Textbox(label="Local blend words", placeholder="dog, fox",
+                blend_words = gr.Textbox("", label="Local blend words", placeholder="dog, fox",
                                          info="only the region of these words may change", elem_id="ak-edit-blend")
                 blend_threshold = gr.Slider(0.05, 0.95, value=0.3, step=0.05, label="Blend threshold",
                                             elem_id="ak-edit-blend-threshold")
             with gr.Row():
-                cross_replace = gr.Textbox(value="0, 0.8", label="Cross-attention injection (start, stop)",
-                                           elem_id="ak-edit-cross")
-                self_replace = gr.Textbox(value="0, 0.4", label="Self-attention injection (start, stop)",
+                cross_replace = gr.Textbox(value="0-0.8", label="Cross-attention injection",
+                                           info="the part of the run that keeps the photo's word layout, as "
+                                                "from-to fractions", elem_id="ak-edit-cross")
+                self_replace = gr.Textbox(value="0-0.4", label="Self-attention injection",
+                                          info="the part of the run that keeps the photo's structure",
                                           elem_id="ak-edit-self")
             with gr.Accordion("Inversion and dynamic tokens", open=False, elem_id="ak-acc-edit-advanced"):
                 with gr.Row():
@@ -89,60 +152,74 @@ def build_edit_tab(gr, state):
                 run_button = gr.Button("Edit", variant="primary", elem_id="ak-edit-run")
                 stop_button = gr.Button("Stop", elem_id="ak-edit-stop")
             views = gr.Gallery(label="Input / reconstruction / edit", columns=3, elem_id="ak-edit-views")
-            maps = gr.Gallery(label="Word maps and masks", columns=3, elem_id="ak-edit-maps")
-            report_file = gr.File(label="Report (JSON)", elem_id="ak-edit-report")
+            maps = gr.Gallery(label="Word maps and masks", columns=3, object_fit="contain", elem_id="ak-edit-maps")
+            png_file = gr.File(label="Edited PNG with its settings", elem_id="ak-edit-png")
+            report_file = gr.File(label="Report (JSON: settings, timings, losses)", elem_id="ak-edit-report")
             status = gr.Markdown(elem_id="ak-edit-status")
 
     def update_words(model_name, text, current):
         return words_update(gr, state, model_name, text, current,
                             "Words to make dynamic (DPL; none: null-text inversion only)")
 
-    def run_edit(model_name, image, src, tgt, words, kind, scales, blend, threshold, cross, self_window, tokens,
-                 nulls, dpl_null, seed_value, n_steps, scale, request: gr.Request = None, progress=gr.Progress()):
+    # the parameter names are the /edit API's
+    def run_edit(model, photo, caption, edited_caption, words="", edit_type="replace", reweight="", blend_words="",
+                 blend_threshold=0.3, cross_replace="0-0.8", self_replace="0-0.4", token_iterations=21,
+                 null_iterations=10, dpl_null_text=False, seed=1, steps=50, cfg_scale=7.5,
+                 request: gr.Request = None, progress=gr.Progress()):
+        """Edit a photo by editing its caption (Prompt-to-Prompt on a null-text inversion; with words, Dynamic
+        Prompt Learning first). Returns the input/reconstruction/edit views, the maps and masks, the edited PNG
+        with its settings, the report (JSON) and a message."""
         session = session_of(request)
         stop = state.begin(session)
+        keep = [gr.update() for _ in range(4)]
         try:
-            if image is None:
+            if photo is None:
                 raise AttnKitError("upload a photo first")
-            knobs = edit_knobs(kind, scales, blend, threshold, cross, self_window, tokens, nulls, dpl_null)
+            knobs = edit_knobs(edit_type, reweight, blend_words, blend_threshold, cross_replace, self_replace,
+                               token_iterations, null_iterations, dpl_null_text)
             chosen = [w.strip() for w in (words or "").split(",") if w.strip()]
-            pipe, lock = state.pipe(model_name)
+            pipe, lock = state.pipe(model)
+            weights = phase_weights(knobs, bool(chosen))
+            clock = Progress(int(steps))
 
             def on_progress(phase, done, total):
-                progress((done, total), desc=f"{PHASES.get(phase, phase)} {done}/{total}")
+                fraction = overall(weights, phase, done, total)
+                progress(fraction, desc=f"{PHASES.get(phase, phase)}: step {done}/{total} (part "
+                                        f"{list(weights).index(phase) + 1} of 3){clock.describe(fraction)}")
 
+            progress(0.0, desc="starting")
             with lock:
-                result = edit(pipe, image, src, tgt, words=chosen, seed=int(seed_value),
-                              num_inference_steps=int(n_steps), guidance_scale=float(scale),
+                result = edit(pipe, photo, caption, edited_caption, words=chosen, seed=_seed(seed),
+                              num_inference_steps=int(steps), guidance_scale=float(cfg_scale),
                               on_progress=on_progress, stop=stop, **knobs)
             report = result.report
             views_out = [(result.source, "input"), (result.reconstruction, "reconstruction"),
                          (result.images[0], "edited")]
-            maps_out = []
-            from ..viz import overlay
-
-            for word, m in report.maps.items():
-                maps_out.append((overlay(result.source, m), f"{word} (inversion)"))
+            maps_out = [(labelled(overlay(result.source, m), f"{w}: where the photo attends to it"),
+                         f"{w} (inversion)") for w, m in report.maps.items()]
             if report.background is not None:
-                maps_out.append((overlay(result.source, report.background.float()), "background"))
+                maps_out.append((labelled(overlay(result.source, report.background.float()),
+                                          "background: kept out of the words"), "background"))
             if report.blend is not None:
-                maps_out.append((overlay(result.source, report.blend.float()), "blend mask"))
-            path = Path(tempfile.mkdtemp(prefix="attnkit-edit-")) / "edit-report.json"
-            path.write_text(json.dumps({
+                maps_out.append((labelled(overlay(result.source, report.blend.float()),
+                                          "blend mask: the only part that may change"), "blend mask"))
+            folder = Path(tempfile.mkdtemp(prefix="attnkit-edit-"))
+            (folder / "edit-report.json").write_text(json.dumps({
                 "settings": report.settings, "timings": report.timings, "psnr": report.psnr,
                 "warnings": report.warnings, "null_text": report.null_text, "dpl_losses": report.dpl_losses,
             }, indent=1, default=str))
-            message = (f"Done in {report.timings['total']:.1f} s. Reconstruction PSNR "
-                       f"{report.psnr['input']:.2f} dB against the photo.")
+            png = folder / "edited.png"
+            result.images[0].save(png, format="PNG", pnginfo=edit_png_info(report.settings, model))
+            message = f"Done in {report.timings['total']:.1f} s. {psnr_text(report.psnr['input'])}"
             message += "".join(f"\n- {w}" for w in report.warnings)
-            return views_out, maps_out, str(path), message
+            return views_out, maps_out, str(png), str(folder / "edit-report.json"), message
         except Interrupted:
-            return gr.update(), gr.update(), gr.update(), "Stopped; the pipeline is restored."
+            return [*keep, f"Stopped; the pipeline is restored. {STALE}"]
         except AttnKitError as exc:
-            return gr.update(), gr.update(), gr.update(), error_text(str(exc))
+            return [*keep, f"{error_text(str(exc))}\n\n{STALE}"]
         except Exception as exc:  # a readable message, never a trace in the UI
             logger.exception("attnkit edit failed")
-            return gr.update(), gr.update(), gr.update(), error_text(f"edit failed: {one_line(exc, 200)}")
+            return [*keep, f"{error_text(f'edit failed: {one_line(exc, 200)}')}\n\n{STALE}"]
         finally:
             state.end(session)
 
@@ -151,6 +228,6 @@ def build_edit_tab(gr, state):
         "photo": photo, "source": source, "target": target, "picker": picker, "picked": picked,
         "inputs": [photo, source, target, picked, edit_type, reweight, blend_words, blend_threshold, cross_replace,
                    self_replace, token_iterations, null_iterations, dpl_null_text, seed, steps, cfg],
-        "outputs": [views, maps, report_file, status], "run": run_edit, "run_button": run_button,
-        "stop_button": stop_button, "update_words": update_words, "status": status,
+        "outputs": [views, maps, png_file, report_file, status], "run": run_edit, "run_button": run_button,
+        "stop_button": stop_button, "update_words": update_words, "status": status, "note": note, "steps": steps,
     }

@@ -315,20 +315,44 @@ def word_choices(pipe, prompt: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------------- the app
 
 
+def model_note(name: str, pipe, family: str, runs: dict[str, bool], models_folder) -> str:
+    """What the note under the model chooser says about the loaded model and the controls it hides."""
+    from ..models import FAMILY_NAMES, TINY_NAMES, is_tiny, models_dir
+
+    folder = Path(models_folder).expanduser() if models_folder else models_dir()
+    if name in TINY_NAMES or is_tiny(pipe):
+        text = (f"**{name}** is a built-in test model with random weights: it makes noise-like images, fast, so every "
+                f"control can be tried. For pictures, choose your own model: put diffusers folders or .safetensors "
+                f"files in `{folder}`, or type a path and press Enter.")
+    else:
+        text = f"**{Path(name).name or name}**: a {FAMILY_NAMES[family]} model."
+    hidden = [METHOD_TITLES[m] for m, ok in runs.items() if not ok]
+    if hidden:
+        text += (f"\n\nHidden for {FAMILY_NAMES[family]} models: {', '.join(hidden)} (they run on SD 1.x/2.x and "
+                 "SDXL models).")
+    if family != "flux":
+        text += "\n\nThe Conditions section is hidden: condition images need a Flux model."
+    return text
+
+
 def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | None = None,
-              lock_model: bool = False):
+              lock_model: bool = False, models_folder: str | None = None):
     """The standalone Gradio app.
 
     Args:
         loader: ``model name -> pipeline`` (default :func:`attnkit.load_pipeline`).
-        default_model: what the model box starts with.
+        default_model: what the model chooser starts with.
         preset_dir: folder of user presets (default :func:`attnkit.presets.user_dir`).
-        lock_model: serve only ``default_model`` (the model box cannot load other paths or hub ids).
+        lock_model: serve only ``default_model`` (the model chooser cannot load other paths or hub ids).
+        models_folder: the folder whose diffusers folders and checkpoints the model chooser lists (default
+            :func:`attnkit.models.models_dir`).
     """
     import gradio as gr
 
-    from ..models import TINY_IMAGE_SIZE, is_tiny, load_pipeline
+    from ..models import FAMILY_NAMES, TINY_IMAGE_SIZE, family_of, is_tiny, load_pipeline, model_choices
     from ..runtime import generate
+    from ..samplers import DEFAULT as OWN_SAMPLER
+    from ..samplers import sampler_names, using_sampler
     from .conditions import build_conditions, pka_from_controls
     from .edit_tab import build_edit_tab
 
@@ -343,7 +367,16 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
 
     with gr.Blocks(title="attnkit") as demo:
         gr.Markdown("## attnkit: cross-attention control")
-        model = gr.Textbox(label="Model", value=default_model, elem_id="ak-model", interactive=not lock_model)
+        listed = model_choices(models_folder)
+        if default_model not in [source for _, source in listed]:
+            listed.insert(0, (default_model, default_model))
+        model = gr.Dropdown(
+            choices=listed, value=default_model, label="Model", allow_custom_value=not lock_model,
+            interactive=not lock_model, elem_id="ak-model",
+            info="this app's only model" if lock_model else
+            "a built-in model, one from your models folder, or type a diffusers folder, a .safetensors file or a "
+            "hub id and press Enter")
+        note = gr.Markdown(elem_id="ak-model-note")
         with gr.Tab("Generate", elem_id="ak-tab-generate"):
             with gr.Row():
                 with gr.Column(scale=3):
@@ -363,9 +396,11 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                     with gr.Row():
                         width = gr.Slider(64, 2048, value=TINY_IMAGE_SIZE, step=8, label="Width", elem_id="ak-width")
                         height = gr.Slider(64, 2048, value=TINY_IMAGE_SIZE, step=8, label="Height", elem_id="ak-height")
+                        sampler = gr.Dropdown(sampler_names(), value=OWN_SAMPLER, label="Sampler",
+                                              info="default: the model's own scheduler", elem_id="ak-sampler")
                     compare = gr.Checkbox(label="Compare with baseline (same seed, no attnkit)", value=False,
                                           elem_id="ak-compare")
-                    condition_inputs, keyword_pickers = build_conditions(gr)
+                    condition_inputs, keyword_pickers, conditions = build_conditions(gr)
                     for method_id in method_ids:
                         with gr.Accordion(METHOD_TITLES[method_id], open=False,
                                           elem_id=f"ak-acc-{method_id}") as sections[method_id]:
@@ -414,26 +449,16 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
             return words_update(gr, state, model_name, text, current, "Words (pick the subjects the methods act on)")
 
         prompt.change(update_words, [model, prompt, picker], picker)
-        # the model is read when the box is left or Enter is pressed, never per keystroke (each read may load a
-        # model or ask the model hub)
-        for trigger in (model.submit, model.blur):
-            trigger(update_words, [model, prompt, picker], picker)
         picker.change(lambda chosen: ", ".join(chosen or []), picker, picked)
 
-        # Gradio fills in only positional parameters before ``*values``: the request (a session's own stop flag)
-        # first, the progress tracker after the fixed inputs
-        def run(request: gr.Request, model_name, text, neg, words, seed_value, n_steps, scale, w, h, baseline,
-                progress=gr.Progress(), *values):
-            session = session_of(request)
+        def make_images(session, model_name, text, neg, methods, picked_words, seed_value, n_steps, scale, w, h,
+                        sampler_name, baseline, progress):
+            """One generation (and its baseline) for a browser session: ``(gallery, maps, png path, message)``.
+            Raises attnkit's errors (``Interrupted`` when the session's Stop was pressed)."""
             stop = state.begin(session)
             try:
                 if not text or not text.strip():
                     raise AttnKitError("type a prompt first")
-                enabled, per = read_controls(values)
-                methods = methods_from_controls(enabled, per, _split(words) or [])
-                pka = pka_from_controls(values[len(method_ids) + len(flat):])
-                if pka is not None:
-                    methods.append(pka)
                 seed_number = _whole(seed_value, "Seed")
                 if seed_number == -1:  # A1111's habit: -1 is a new random seed, shown and saved with the image
                     seed_number = random.randrange(2**32)
@@ -441,11 +466,16 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                                            "seed": seed_number, "width": _whole(w, "Width"),
                                            "height": _whole(h, "Height")}, _LABELS)
                 pipe, lock = state.pipe(model_name)
+                family = family_of(pipe)
+                from ..samplers import check_sampler
+
+                chosen_sampler = check_sampler(sampler_name, family)
+                if chosen_sampler != OWN_SAMPLER:
+                    settings["sampler"] = chosen_sampler
                 kwargs = dict(num_inference_steps=settings["steps"], guidance_scale=settings["guidance_scale"],
                               width=settings["width"], height=settings["height"])
                 if neg:
                     kwargs["negative_prompt"] = neg
-
                 passes = 2 if baseline else 1
                 clock = Progress(settings["steps"], passes)
 
@@ -465,40 +495,52 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                     return {"on_step": on_step, "on_work": on_work}
 
                 progress(0.0, desc="starting")
-                with lock:
+                with lock, using_sampler(pipe, chosen_sampler):
                     result = generate(pipe, text, methods, seed=settings["seed"], stop=stop,
                                       **reporter(0, "attnkit "), **kwargs)
                     base = None
                     if baseline:
                         base = generate(pipe, text, [], seed=settings["seed"], stop=stop,
                                         **reporter(1, "baseline "), **kwargs)
-                gallery = [(result.images[0], "attnkit")]
-                if base is not None:
-                    gallery.append((base.images[0], "baseline"))
-                maps = []
-                for method_id, report in result.report.methods.items():
-                    for word, m in report.maps.items():
-                        from ..viz import overlay
+            finally:
+                state.end(session)
+            gallery = [(result.images[0], "attnkit")]
+            if base is not None:
+                gallery.append((base.images[0], "baseline"))
+            from ..viz import overlay
 
-                        maps.append((overlay(result.images[0], m[0]), f"{method_id}: {word}"))
-                # presets carry the methods of the field table; condition images (pka) are not preset data
-                presettable = [m for m in methods if m.id in REGISTRY]
-                notes = list(result.report.warnings)
-                if _split(words) and not methods:
-                    notes.insert(0, "no method is on, so the picked words were not used: open a method's section "
-                                    "and enable it")
-                if _whole(seed_value, "Seed") == -1:
-                    notes.insert(0, f"random seed: {seed_number}")
-                out = Path(tempfile.mkdtemp(prefix="attnkit-")) / "attnkit.png"
-                try:
-                    info = Preset.from_methods(presettable, settings=settings).png_info(
-                        prompt=text, negative_prompt=neg or "", model=model_name)
-                except PresetError as exc:  # the image is kept whatever happens to its settings
-                    info = None
-                    notes.append(f"the PNG is saved without its settings ({exc})")
-                result.images[0].save(out, format="PNG", pnginfo=info)
-                message = "Done." + "".join(f"\n- {n}" for n in notes)
-                return gallery, maps, str(out), message
+            maps = [(overlay(result.images[0], m[0]), f"{method_id}: {word}")
+                    for method_id, report in result.report.methods.items() for word, m in report.maps.items()]
+            # presets carry the methods of the field table; condition images (pka) are not preset data
+            presettable = [m for m in methods if m.id in REGISTRY]
+            notes = list(result.report.warnings)
+            if picked_words and not methods:
+                notes.insert(0, "no method is on, so the picked words were not used: open a method's section and "
+                                "enable it")
+            if _whole(seed_value, "Seed") == -1:
+                notes.insert(0, f"random seed: {settings['seed']}")
+            out = Path(tempfile.mkdtemp(prefix="attnkit-")) / "attnkit.png"
+            try:
+                info = Preset.from_methods(presettable, settings=settings).png_info(
+                    prompt=text, negative_prompt=neg or "", model=model_name)
+            except PresetError as exc:  # the image is kept whatever happens to its settings
+                info = None
+                notes.append(f"the PNG is saved without its settings ({exc})")
+            result.images[0].save(out, format="PNG", pnginfo=info)
+            return gallery, maps, str(out), "Done." + "".join(f"\n- {n}" for n in notes)
+
+        # Gradio fills in only positional parameters before ``*values``: the request (a session's own stop flag)
+        # first, the progress tracker after the fixed inputs
+        def run(request: gr.Request, model_name, text, neg, words, seed_value, n_steps, scale, w, h, sampler_name,
+                baseline, progress=gr.Progress(), *values):
+            try:
+                enabled, per = read_controls(values)
+                methods = methods_from_controls(enabled, per, _split(words) or [])
+                pka = pka_from_controls(values[len(method_ids) + len(flat):])
+                if pka is not None:
+                    methods.append(pka)
+                return make_images(session_of(request), model_name, text, neg, methods, _split(words), seed_value,
+                                   n_steps, scale, w, h, sampler_name, baseline, progress)
             except Interrupted:
                 return gr.update(), gr.update(), gr.update(), f"Stopped; the pipeline is restored. {STALE}"
             # a failed run: the message stays in the status line, the last results stay up, marked as old
@@ -508,8 +550,48 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 logger.exception("attnkit generation failed")
                 return (gr.update(), gr.update(), gr.update(),
                         f"{error_text(f'generation failed: {one_line(exc, 200)}')}\n\n{STALE}")
-            finally:
-                state.end(session)
+
+        def generate_api(prompt: str, preset: str = "", words: str = "", negative_prompt: str = "",
+                         seed: float = -1, steps: float = 0, cfg_scale: float = -1, width: float = 0,
+                         height: float = 0, sampler: str = "", model: str = "", baseline: bool = False,
+                         request: gr.Request = None, progress=gr.Progress()):
+            """Generate with a preset's methods acting on the given words.
+
+            prompt: the prompt. preset: a preset's name (built-in or saved here), a share code (ak1...) or preset
+            JSON; empty: no method. words: the prompt's words the methods act on, comma-separated ("car, sheep").
+            seed: -1 for a random seed. steps, cfg_scale, width, height, sampler: 0, -1, 0, 0 and "" take the
+            preset's settings, else the app's defaults. model: empty for the app's model. baseline: also return the
+            same seed without attnkit. Returns the images, the heatmaps, the PNG with its settings and a message.
+            """
+            try:
+                chosen = preset_of(preset)
+                listed = _split(words) or []
+                methods = chosen.to_methods(listed or None)
+                s = chosen.settings
+                return make_images(
+                    session_of(request), model or state.default_model, prompt, negative_prompt or
+                    s.get("negative_prompt", ""), methods, listed, seed if seed != -1 else s.get("seed", -1),
+                    steps or s.get("steps", 20), cfg_scale if cfg_scale >= 0 else s.get("guidance_scale", 7.5),
+                    width or s.get("width", TINY_IMAGE_SIZE), height or s.get("height", TINY_IMAGE_SIZE),
+                    sampler or s.get("sampler", OWN_SAMPLER), baseline, progress)
+            except Interrupted:
+                raise gr.Error("stopped by the user") from None
+            except AttnKitError as exc:
+                raise gr.Error(str(exc)) from None
+            except Exception as exc:
+                logger.exception("attnkit generation failed")
+                raise gr.Error(f"generation failed: {one_line(exc, 200)}") from None
+
+        def preset_of(text: str) -> Preset:
+            """A preset from an API caller: a name, a share code or JSON (empty: no method)."""
+            text = (text or "").strip()
+            if not text:
+                return Preset.from_methods([])
+            if text.startswith("{"):
+                return Preset.from_json(text)
+            if text.startswith("ak") and "." in text:
+                return Preset.from_share_code(text)
+            return Preset.load(text, preset_dir)
 
         # a section's header says when its method is on (a loaded preset may turn methods on)
         for method_id in method_ids:
@@ -522,17 +604,27 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
 
         takes_request(gr, run)
         event = run_button.click(
-            run, [model, prompt, negative, picked, seed, steps, cfg, width, height, compare, *toggle_list, *widgets,
-                  *condition_inputs],
+            run, [model, prompt, negative, picked, seed, steps, cfg, width, height, sampler, compare, *toggle_list,
+                  *widgets, *condition_inputs],
             [images, heatmaps, download, status], concurrency_limit=1,
         )
+
+        # the named API endpoint /generate: hidden components whose names are generate_api's parameters
+        with gr.Group(visible=False):
+            api_inputs = [gr.Textbox(""), gr.Textbox(""), gr.Textbox(""), gr.Textbox(""), gr.Number(-1),
+                          gr.Number(0), gr.Number(-1), gr.Number(0), gr.Number(0), gr.Textbox(""), gr.Textbox(""),
+                          gr.Checkbox(False)]
+            api_outputs = [gr.Gallery(), gr.Gallery(), gr.File(), gr.Textbox()]
+            api_button = gr.Button()
+        takes_request(gr, generate_api)
+        api_button.click(generate_api, api_inputs, api_outputs, api_name="generate", concurrency_limit=1)
 
         def update_keywords(model_name, text, *current):
             updates = [words_update(gr, state, model_name, text, [c] if c else [], "Keyword (subject)")
                        for c in current]
             return [{**u, "value": (u.get("value") or [None])[0]} for u in updates]
 
-        for trigger in (prompt.blur, prompt.submit, model.submit, model.blur):  # not per keystroke: the picker is
+        for trigger in (prompt.blur, prompt.submit):  # not per keystroke: the picker is
             trigger(update_keywords, [model, prompt, *keyword_pickers], keyword_pickers)
 
         def request_stop(request: gr.Request = None):
@@ -543,12 +635,57 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
         stop_button.click(request_stop, None, status, queue=False)
 
         # the Edit tab -----------------------------------------------------------------------------------------
-        for trigger in (edit_tab["source"].change, model.submit, model.blur):
-            trigger(edit_tab["update_words"], [model, edit_tab["source"], edit_tab["picker"]], edit_tab["picker"])
+        edit_tab["source"].change(edit_tab["update_words"], [model, edit_tab["source"], edit_tab["picker"]],
+                                  edit_tab["picker"])
         edit_tab["picker"].change(lambda chosen: ", ".join(chosen or []), edit_tab["picker"], edit_tab["picked"])
         edit_tab["run_button"].click(edit_tab["run"], [model, *edit_tab["inputs"]], edit_tab["outputs"],
                                      concurrency_limit=1, api_name="edit")
         edit_tab["stop_button"].click(request_stop, None, edit_tab["status"], queue=False)
+
+        # the model chooser ----------------------------------------------------------------------------------
+        section_list = [sections[m] for m in method_ids]
+
+        def on_model(model_name, *on):
+            """A model was chosen (or the page opened): load it, say what it is, and hide what it cannot run (a
+            hidden method that was on is turned off, and said so)."""
+            keep = [gr.update() for _ in range(2 * len(method_ids) + 5)]
+            try:
+                pipe, _ = state.pipe(model_name)
+                family = family_of(pipe)
+            except AttnKitError as exc:
+                return [error_text(str(exc)), *keep]
+            runs = {m: family in get_method(m).families for m in method_ids}
+            text = model_note(model_name or state.default_model, pipe, family, runs, models_folder)
+            off = [METHOD_TITLES[m] for m, was in zip(method_ids, on) if was and not runs[m]]
+            if off:
+                text += f"\n\nTurned off: {', '.join(off)}."
+            editable = family == "sd"
+            tiny = is_tiny(pipe)
+            edit_note = ("" if not editable else
+                         "Built-in model: 20 steps, a quick try (your own models start at 50, as the papers)."
+                         if tiny else "")
+            return [
+                text,
+                *(gr.update(visible=runs[m]) for m in method_ids),
+                *(gr.update(value=False) if was and not runs[m] else gr.update() for m, was in zip(method_ids, on)),
+                gr.update(visible=family == "flux"),
+                gr.update(choices=sampler_names(family), value=OWN_SAMPLER) if family == "flux"
+                else gr.update(choices=sampler_names(family)),
+                edit_note if editable else f"Editing a photo needs an SD 1.x/2.x model; this is a "
+                                           f"{FAMILY_NAMES[family]} model.",
+                gr.update(interactive=editable),
+                gr.update(value=20 if tiny else 50),
+            ]
+
+        model_outputs = [note, *section_list, *toggle_list, conditions, sampler, edit_tab["note"],
+                         edit_tab["run_button"], edit_tab["steps"]]
+        # the chooser's value changes when a model is picked, or a typed one is confirmed (Enter or leaving the
+        # box), never per keystroke: each read may load a model
+        (model.change(on_model, [model, *toggle_list], model_outputs)
+         .then(update_words, [model, prompt, picker], picker)
+         .then(update_keywords, [model, prompt, *keyword_pickers], keyword_pickers)
+         .then(edit_tab["update_words"], [model, edit_tab["source"], edit_tab["picker"]], edit_tab["picker"]))
+        demo.load(on_model, [model, *toggle_list], model_outputs)
 
         # presets ---------------------------------------------------------------------------------------------
 
@@ -565,13 +702,14 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                         gr.update(value=s["guidance_scale"]) if "guidance_scale" in s else gr.update(),
                         gr.update(value=s["seed"]) if "seed" in s else gr.update(),
                         gr.update(value=s["width"]) if "width" in s else gr.update(),
-                        gr.update(value=s["height"]) if "height" in s else gr.update()]
+                        gr.update(value=s["height"]) if "height" in s else gr.update(),
+                        gr.update(value=s["sampler"]) if "sampler" in s else gr.update()]
             negative_text = prompts[1] if prompts else s.get("negative_prompt")
             updates += [gr.update(value=prompts[0]) if prompts and prompts[0] else gr.update(),
                         gr.update(value=negative_text) if negative_text is not None else gr.update()]
             return updates
 
-        preset_outputs = [*toggle_list, *widgets, steps, cfg, seed, width, height, prompt, negative]
+        preset_outputs = [*toggle_list, *widgets, steps, cfg, seed, width, height, sampler, prompt, negative]
 
         # every preset action answers in the status line (the controls are never turned into error pills)
         @reports_in_status(gr, "loading the preset", len(preset_outputs))
@@ -625,6 +763,10 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
         export_button.click(export_code, [*toggle_list, *widgets], [share, status])
         import_button.click(import_code, share, [*preset_outputs, status])
         png.upload(import_file, png, [*preset_outputs, status])
+        # the API page shows the two endpoints meant for scripts; the controls' own events stay callable, unlisted
+        for fn in demo.fns.values():
+            if fn.api_name not in ("generate", "edit"):
+                fn.api_visibility = "undocumented"
         demo.attnkit_state = state  # for tests and hosts
         demo.attnkit_event = event
     return demo
@@ -655,4 +797,6 @@ def _widget(gr, f: Field, prefix: str = "ak"):
                    "windows": "e.g. 0-0.5, 0.5-1", "thresholds": "e.g. 0: 0.05, 10: 0.5"}.get(f.kind, "")
     if f.key == "structured_phrases":
         placeholder = "empty: the parser finds them"
+    elif f.key == "observe_words":
+        placeholder = "empty: the picked words (or every word)"
     return gr.Textbox(value=value, label=label, info=f.help, placeholder=placeholder, elem_id=elem)

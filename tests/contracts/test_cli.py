@@ -31,6 +31,16 @@ def test_generate_writes_image_maps_and_report(tmp_path, capsys):
     assert set(data["methods"]["observe"]["maps"]) == {"car", "blue bird"} and data["steps"] == 3
     captured = capsys.readouterr()
     assert "attnkit" in captured.err and "step" in captured.err  # the tqdm progress bar
+    assert "2/2" in captured.err and "/3" not in captured.err, "the bar counts the steps asked for (PNDM takes 3)"
+
+
+def test_generate_with_a_sampler_saves_its_name(tmp_path):
+    out = tmp_path / "o.png"
+    assert main(BASE + ["--sampler", "euler a", "--out", str(out)]) == 0
+    assert "Sampler: Euler a" in Image.open(out).text["parameters"]
+    from attnkit.presets import Preset
+
+    assert Preset.from_png(out).settings["sampler"] == "Euler a"
 
 
 @pytest.mark.parametrize(
@@ -98,7 +108,7 @@ def test_edit_writes_the_edit_reconstruction_grid_maps_and_report(tmp_path, caps
 @pytest.mark.parametrize("extra, message", [
     (["--words", "horse"], "'horse' is not in the prompt"),
     (["--reweight", "red"], "--reweight takes word=scale pairs"),
-    (["--cross-replace", "0.8"], "--cross-replace takes two fractions"),
+    (["--cross-replace", "0.8"], "--cross-replace takes from-to fractions of the run such as 0-0.8"),
     (["--target", "a cat and a red fox"], "words one for one"),
 ])
 def test_edit_bad_input_is_one_line_and_status_2(tmp_path, capsys, extra, message):
@@ -151,6 +161,7 @@ def test_condition_errors_are_one_line(tmp_path, capsys, extra, message):
     (["--out", "x.xyz"], "--out x.xyz: unknown image type '.xyz'"),
     (["--maps", "m", "--method", "observe"], "--maps m: unknown image type '(no extension)'"),
     (["--device", "bogus"], "device 'bogus' is not a device name"),
+    (["--sampler", "Euler b"], "unknown sampler 'Euler b'; choose one of: default, Euler, Euler a"),
     (["--device", "cuda:7"], "device 'cuda:7'"),
 ])
 def test_every_input_is_checked_before_any_work(extra, message, tmp_path, monkeypatch, capsys):

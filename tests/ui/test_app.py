@@ -48,7 +48,7 @@ def no_conditions():
 
 
 def call_run(client, prompt, words=(), seed=0, enable=(), compare=False, **overrides):
-    return client.predict("tiny-sd15", prompt, "", ", ".join(words), seed, 3, 7.5, 64, 64, compare,
+    return client.predict("tiny-sd15", prompt, "", ", ".join(words), seed, 3, 7.5, 64, 64, "default", compare,
                           *defaults(enable, **overrides), *no_conditions(), api_name="/run")
 
 
@@ -132,7 +132,7 @@ def test_stop_interrupts_and_restores(app):
     client = Client(app.local_url, verbose=False)
     pipe = app.attnkit_state.pipe("tiny-sd15")[0]
     before = dict(pipe.unet.attn_processors)
-    job = client.submit("tiny-sd15", "a cat and a dog", "", "cat, dog", 0, 150, 7.5, 64, 64, False,
+    job = client.submit("tiny-sd15", "a cat and a dog", "", "cat, dog", 0, 150, 7.5, 64, 64, "default", False,
                         *defaults(enable=("a_star",)), *no_conditions(), api_name="/run")
     import time
 
@@ -195,15 +195,36 @@ def test_edit_tab_edits_a_photo_and_shows_maps(app, tmp_path):
     photo = tmp_path / "photo.png"
     Image.new("RGB", (128, 128), (30, 160, 90)).save(photo)
     client = Client(app.local_url, verbose=False)
-    views, maps, report, status = client.predict(
-        "tiny-sd15", handle_file(str(photo)), "a cat and a dog", "a cat and a fox", "cat, dog", "replace", "",
-        "dog, fox", 0.3, "0, 0.8", "0, 0.4", 1, 1, False, 1, 4, 7.5, api_name="/edit")
+    views, maps, png, report, status = client.predict(
+        model="tiny-sd15", photo=handle_file(str(photo)), caption="a cat and a dog", edited_caption="a cat and a fox",
+        words="cat, dog", blend_words="dog, fox", cross_replace="0-0.8", token_iterations=1, null_iterations=1,
+        steps=4, api_name="/edit")
     assert [v["caption"] for v in views] == ["input", "reconstruction", "edited"]
     assert {m["caption"] for m in maps} >= {"cat (inversion)", "dog (inversion)", "blend mask"}
-    assert status.startswith("Done") and "PSNR" in status
+    mask = Image.open(next(m["image"] for m in maps if m["caption"] == "blend mask"))
+    assert mask.height > mask.width, "the mask carries its label under it"
+    assert status.startswith("Done in ") and "The inversion reproduces the photo at " in status and "dB PSNR" in status
     import json
 
     assert len(json.load(open(report))["null_text"]) == 4
+    text = Image.open(png).text
+    assert text["parameters"].startswith("a cat and a fox\nSteps: 4, CFG scale: 7.5, Seed: 1, Edit: replace, "
+                                         "Source caption: a cat and a dog, Dynamic words: cat + dog")
+    assert json.loads(text["attnkit-edit"])["p2p"]["blend_words"] == ["dog", "fox"]
+
+
+def test_edit_progress_is_one_bar_over_every_phase(app, tmp_path):
+    run_edit = app_function(app, "run_edit")
+    progress = Recorder()
+    out = run_edit("tiny-sd15", Image.new("RGB", (64, 64), (30, 160, 90)), "a cat and a dog", "a cat and a fox",
+                   token_iterations=1, null_iterations=2, steps=3, progress=progress)
+    assert out[-1].startswith("Done in "), out[-1]
+    fractions = [f for f, _ in progress.shown]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0, "one bar, forward only, to the end"
+    descs = [d for _, d in progress.shown]
+    assert any(d.startswith("inverting: step 1/3 (part 1 of 3)") for d in descs)
+    assert any(d.startswith("editing: step 3/3 (part 3 of 3)") for d in descs)
+    assert any("left" in d for d in descs)
 
 
 def test_edit_tab_errors_are_one_readable_line(app, tmp_path):
@@ -213,7 +234,7 @@ def test_edit_tab_errors_are_one_readable_line(app, tmp_path):
     Image.new("RGB", (64, 64)).save(photo)
     client = Client(app.local_url, verbose=False)
     status = client.predict("tiny-sd15", handle_file(str(photo)), "a cat and a dog", "a cat and a fox", "horse",
-                            "replace", "", "", 0.3, "0, 0.8", "0, 0.4", 1, 1, False, 1, 4, 7.5, api_name="/edit")[-1]
+                            "replace", "", "", 0.3, "0-0.8", "0-0.4", 1, 1, False, 1, 4, 7.5, api_name="/edit")[-1]
     assert status.startswith("**Error:** ") and "'horse' is not in the prompt" in status
     status = client.predict("tiny-sd15", None, "a cat", "a dog", "", "replace", "", "", 0.3, "0, 0.8", "0, 0.4", 1,
                             1, False, 1, 4, 7.5, api_name="/edit")[-1]
@@ -230,11 +251,11 @@ def test_conditions_section_runs_pka_on_flux(app, tmp_path):
     inputs = no_conditions()
     inputs[0:3] = [handle_file(str(edges)), "spatial", None]
     inputs[3:6] = [handle_file(str(cat)), "subject", "cat"]
-    gallery, maps, png, status = client.predict("tiny-flux", "a cat on a sofa", "", "", 0, 2, 3.5, 64, 64, False,
+    gallery, maps, png, status = client.predict("tiny-flux", "a cat on a sofa", "", "", 0, 2, 3.5, 64, 64, "default", False,
                                                 *defaults(), *inputs, api_name="/run")
     assert status.startswith("Done") and len(gallery) == 1
     inputs[3:6] = [handle_file(str(cat)), "subject", None]
-    status = client.predict("tiny-flux", "a cat on a sofa", "", "", 0, 2, 3.5, 64, 64, False, *defaults(), *inputs,
+    status = client.predict("tiny-flux", "a cat on a sofa", "", "", 0, 2, 3.5, 64, 64, "default", False, *defaults(), *inputs,
                             api_name="/run")[-1]
     assert status.startswith("**Error:** ") and "pick the prompt word that names it" in status
 
@@ -251,14 +272,14 @@ def test_stop_is_per_browser_session(app):
         while not state.locks["tiny-sd15"].locked() and time.time() < deadline:
             time.sleep(0.05)
 
-    job = runner.submit("tiny-sd15", "a cat and a dog", "", "", 0, 40, 7.5, 64, 64, False,
+    job = runner.submit("tiny-sd15", "a cat and a dog", "", "", 0, 40, 7.5, 64, 64, "default", False,
                         *defaults(), *no_conditions(), api_name="/run")
     wait_for_run()
     assert other.predict(api_name="/request_stop") == "Nothing is running."  # another browser presses Stop
     assert job.result(timeout=300)[3].startswith("Done."), "another session's Stop stopped this run"
     assert other.session_hash not in state.stops or not state.stops[other.session_hash].is_set()
 
-    job = runner.submit("tiny-sd15", "a cat and a dog", "", "", 0, 150, 7.5, 64, 64, False,
+    job = runner.submit("tiny-sd15", "a cat and a dog", "", "", 0, 150, 7.5, 64, 64, "default", False,
                         *defaults(), *no_conditions(), api_name="/run")
     wait_for_run()
     runner.predict(api_name="/request_stop")
@@ -276,7 +297,7 @@ def test_settings_over_the_caps_are_refused_before_generating(app, seed, width, 
     hook = pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
         try:
-            said = client.predict("tiny-sd15", "a cat", "", "", seed, 3, 7.5, width, 64, False, *defaults(),
+            said = client.predict("tiny-sd15", "a cat", "", "", seed, 3, 7.5, width, 64, "default", False, *defaults(),
                                   *no_conditions(), api_name="/run")[-1]
         except Exception as exc:  # Gradio's own check of the seed box's range answers first
             said = str(exc)
@@ -311,11 +332,11 @@ def test_png_import_restores_the_prompt_and_size_and_says_so(app):
     from gradio_client import handle_file
 
     client = Client(app.local_url, verbose=False)
-    png = client.predict("tiny-sd15", "a red car and a white sheep", "blurry", "car", 5, 3, 6.5, 64, 72, False,
+    png = client.predict("tiny-sd15", "a red car and a white sheep", "blurry", "car", 5, 3, 6.5, 64, 72, "default", False,
                          *defaults(enable=("observe",)), *no_conditions(), api_name="/run")[2]
     out = client.predict(handle_file(png), api_name="/import_file")
     values = [o["value"] if isinstance(o, dict) and "value" in o else o for o in out]
-    steps, cfg, seed, width, height, prompt, negative, status = values[-8:]
+    steps, cfg, seed, width, height, _sampler, prompt, negative, status = values[-9:]
     assert (steps, cfg, seed, width, height) == (3, 6.5, 5, 64, 72)
     assert (prompt, negative) == ("a red car and a white sheep", "blurry")
     assert status == "Imported its prompt, settings and methods from attnkit.png."
@@ -346,7 +367,7 @@ def test_progress_counts_the_steps_asked_for_with_inner_passes_and_the_baseline(
     run = app_function(app, "run")
     values = defaults(("attend_excite",), attend_excite_thresholds="0: 1.0", attend_excite_max_refinement_steps=3)
     progress = Recorder()
-    *_, status = run(None, "tiny-sd15", "a cat and a frog", "", "cat, frog", 0, 3, 7.5, 64, 64, True, progress,
+    *_, status = run(None, "tiny-sd15", "a cat and a frog", "", "cat, frog", 0, 3, 7.5, 64, 64, "default", True, progress,
                      *values, *no_conditions())
     assert status.startswith("Done."), status
     descs = [d for _, d in progress.shown]
@@ -393,3 +414,94 @@ def test_fields_are_typed_in_plain_formats_and_old_ones_still_read():
     # no label speaks of BOS, JSON or HxW
     labels = " ".join(f"{f.label} {f.help}" for f in rows.values())
     assert "BOS" not in labels and "JSON" not in labels and "HxW" not in labels
+
+
+def test_the_generate_endpoint_takes_a_preset_and_words_by_name(app):
+    client = Client(app.local_url, verbose=False)
+    images, maps, png, status = client.predict(prompt="a cat and a frog", preset="Attend-and-Excite",
+                                               words="cat, frog", steps=3, width=64, height=64, seed=4,
+                                               api_name="/generate")
+    assert status.startswith("Done."), status
+    assert [i["caption"] for i in images] == ["attnkit"]
+    preset = Preset.from_png(png)
+    assert preset.methods == [("attend_excite", {"words": ["cat", "frog"]})]
+    assert preset.settings["seed"] == 4 and preset.settings["steps"] == 3
+    # a share code, the app's defaults for what is not given, and a random seed by default
+    code = Preset.from_methods([attnkit.methods.Observe(words=["frog"])], settings={"steps": 2}).to_share_code()
+    images, maps, png, status = client.predict(prompt="a cat and a frog", preset=code, width=64, height=64,
+                                               api_name="/generate")
+    assert status.startswith("Done.\n- random seed: ") and [m["caption"] for m in maps] == ["observe: frog"]
+    assert Preset.from_png(png).settings["steps"] == 2
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="no preset named 'nonsense'|'nonsense'"):
+        client.predict(prompt="a cat", preset="nonsense", api_name="/generate")
+    with pytest.raises(AppError, match="'dog' is not in the prompt"):
+        client.predict(prompt="a cat", preset="Word maps", words="dog", steps=2, width=64, height=64,
+                       api_name="/generate")
+
+
+def test_the_api_page_lists_generate_and_edit_with_named_parameters(app):
+    client = Client(app.local_url, verbose=False)
+    info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert set(info) == {"/generate", "/edit"}, sorted(info)
+    names = [p["parameter_name"] for p in info["/generate"]["parameters"]]
+    assert names[:3] == ["prompt", "preset", "words"] and "sampler" in names and "param_10" not in names
+    edit = [p["parameter_name"] for p in info["/edit"]["parameters"]]
+    assert edit[:4] == ["model", "photo", "caption", "edited_caption"] and "cfg_scale" in edit
+
+
+def test_a_sampler_is_used_for_the_run_saved_in_the_png_and_put_back(app):
+    client = Client(app.local_url, verbose=False)
+    pipe = app.attnkit_state.pipe("tiny-sd15")[0]
+    own = pipe.scheduler
+    images, maps, png, status = client.predict(prompt="a cat", sampler="Euler a", steps=2, width=64, height=64,
+                                               seed=1, api_name="/generate")
+    assert "Sampler: Euler a" in Image.open(png).text["parameters"]
+    assert pipe.scheduler is own
+    euler = attnkit.generate(pipe, "a cat", [], seed=1, num_inference_steps=2, width=64, height=64)
+    assert not np.array_equal(pixels(images), np.asarray(euler.images[0])), "the sampler changed nothing"
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="unknown sampler 'Euler b'; choose one of: default, Euler, Euler a"):
+        client.predict(prompt="a cat", sampler="Euler b", api_name="/generate")
+    with pytest.raises(AppError, match="Flux models sample with their own flow-matching scheduler"):
+        client.predict(prompt="a cat", sampler="DDIM", model="tiny-flux", api_name="/generate")
+
+
+def test_choosing_a_model_hides_what_it_cannot_run(app):
+    on_model = app_function(app, "on_model")
+    toggles_on = [m in ("structured", "observe") for m in REGISTRY]
+    out = on_model("tiny-flux", *toggles_on)
+    n = len(REGISTRY)
+    note, sections, toggles = out[0], out[1: 1 + n], out[1 + n: 1 + 2 * n]
+    conditions, sampler, edit_note, edit_button, edit_steps = out[1 + 2 * n:]
+    assert "random weights" in note and "noise" in note
+    assert "Hidden for Flux models: Structured Diffusion Guidance, A-STAR, Attend-and-Excite" in note
+    assert "Turned off: Structured Diffusion Guidance." in note
+    assert {m: s["visible"] for m, s in zip(REGISTRY, sections)} == {
+        "observe": True, "structured": False, "attend_excite": False, "a_star": False}
+    assert [t.get("value") for t in toggles] == [None, False, None, None]  # only the hidden one that was on
+    assert conditions["visible"] is True and sampler["choices"] == ["default"]
+    assert "needs an SD 1.x/2.x model" in edit_note and edit_button["interactive"] is False
+    out = on_model("tiny-sd15", *toggles_on)
+    assert all(s["visible"] for s in out[1: 1 + n]) and out[1 + 2 * n]["visible"] is False
+    assert "Conditions section is hidden" in out[0] and out[-2]["interactive"] is True
+    assert out[-1]["value"] == 20 and "20 steps, a quick try" in out[-3]  # the built-in model's quick edit
+    out = on_model("no-such-model-here", *toggles_on)
+    assert out[0].startswith("**Error:** no model 'no-such-model-here'") and "\n" not in out[0]
+
+
+def test_the_model_chooser_lists_built_ins_and_the_models_folder(tmp_path):
+    from attnkit.models import model_choices
+
+    (tmp_path / "my-sd15").mkdir()
+    (tmp_path / "my-sd15" / "model_index.json").write_text("{}")
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "dreamy.safetensors").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    listed = model_choices(tmp_path)
+    assert [source for _, source in listed] == ["tiny-sd15", "tiny-sdxl", "tiny-flux",
+                                                str(tmp_path / "dreamy.safetensors"), str(tmp_path / "my-sd15")]
+    assert all("random weights" in label for label, _ in listed[:3])
+    assert [label for label, _ in model_choices(tmp_path / "missing")] == [label for label, _ in listed[:3]]

@@ -26,9 +26,16 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    pipe = attnkit.load_pipeline("tiny-sd15", device="cpu")
+    pipes = {}
+
+    def loader(name):  # each built-in model once; any other name is the SD 1.5 one (the model box test types)
+        name = name if name in ("tiny-sd15", "tiny-flux") else "tiny-sd15"
+        if name not in pipes:
+            pipes[name] = attnkit.load_pipeline(name, device="cpu")
+        return pipes[name]
+
     presets = tmp_path_factory.mktemp("presets")
-    demo = build_app(loader=lambda name: pipe, preset_dir=str(presets))
+    demo = build_app(loader=loader, preset_dir=str(presets))
     demo.preset_dir = presets
     demo.queue().launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     yield demo
@@ -258,3 +265,31 @@ def test_the_dice_asks_for_a_random_seed_and_share_codes_can_be_copied(app, brow
         lambda d: d.find_element(By.CSS_SELECTOR, "#ak-seed input").get_attribute("value") == "-1")
     click(browser, find(browser, "#ak-acc-presets button, #ak-acc-presets .label-wrap"))
     find(browser, "#ak-share button")  # the copy button
+
+
+def shown(browser, css) -> bool:
+    found = browser.find_elements(By.CSS_SELECTOR, css)
+    return bool(found) and found[0].is_displayed()
+
+
+def test_choosing_a_flux_model_hides_the_sd_only_sections(app, browser):
+    browser.get(app.local_url)
+    WebDriverWait(browser, 60).until(
+        lambda d: "random weights" in d.find_element(By.CSS_SELECTOR, "#ak-model-note").text)
+    assert shown(browser, "#ak-acc-structured") and not shown(browser, "#ak-acc-conditions")
+    box = find(browser, "#ak-model input")
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("tiny-flux")
+    time.sleep(1)
+    option = find(browser, "#ak-model [role='option']")  # the list filtered to the built-in Flux model
+    assert "random weights" in option.text, option.text
+    option.click()
+    WebDriverWait(browser, 120).until(
+        lambda d: "Hidden for Flux models" in d.find_element(By.CSS_SELECTOR, "#ak-model-note").text)
+    WebDriverWait(browser, 30).until(lambda d: shown(d, "#ak-acc-conditions"))
+    for section in ("structured", "attend_excite", "a_star"):
+        assert not shown(browser, f"#ak-acc-{section}"), f"{section} is still shown on a Flux model"
+    assert shown(browser, "#ak-acc-observe")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "app-flux.png"))
