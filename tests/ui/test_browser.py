@@ -2,6 +2,7 @@
 heatmap; then load a built-in preset and see the controls change. Needs Debian's chromium and chromedriver
 (tools/test.sh installs them where it can); a screenshot is saved under artifacts/."""
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -265,6 +266,45 @@ def test_the_dice_asks_for_a_random_seed_and_share_codes_can_be_copied(app, brow
         lambda d: d.find_element(By.CSS_SELECTOR, "#ak-seed input").get_attribute("value") == "-1")
     click(browser, find(browser, "#ak-acc-presets button, #ak-acc-presets .label-wrap"))
     find(browser, "#ak-share button")  # the copy button
+    # a run with seed -1 gets a random seed, said in the status
+    find(browser, "#ak-prompt textarea").send_keys("a red car")
+    set_number(browser, "#ak-steps", 3)
+    click(browser, find(browser, "#ak-generate"))
+    WebDriverWait(browser, 120).until(lambda d: "random seed: " in status_text(d))
+    assert browser.find_elements(By.CSS_SELECTOR, "#ak-images img")
+
+
+def set_number(browser, container, value):
+    box = find(browser, f"{container} input[type='number']")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(value), Keys.TAB)
+
+
+def test_progress_shows_the_steps_asked_for_and_the_refinement_tries(app, browser):
+    browser.get(app.local_url)
+    prompt = find(browser, "#ak-prompt textarea")
+    prompt.send_keys("a cat and a frog")
+    prompt.send_keys(Keys.TAB)
+    WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ak-words input")) >= 5)
+    pick(browser, "#ak-words", ["cat", "frog"])
+    click(browser, find(browser, "#ak-acc-attend_excite button, #ak-acc-attend_excite .label-wrap"))
+    click(browser, find(browser, "#ak-enable-attend_excite input"))
+    click(browser, find(browser, "#ak-compare input"))
+    set_number(browser, "#ak-steps", 12)
+    click(browser, find(browser, "#ak-generate"))
+    seen, deadline = set(), time.time() + 240
+    while time.time() < deadline and "Done." not in status_text(browser):
+        seen.update(el.text for el in browser.find_elements(By.CSS_SELECTOR, ".progress-text, .progress-level-inner"))
+        if len(seen) > 3 and not browser.find_elements(By.CSS_SELECTOR, ".progress-text"):
+            break
+        time.sleep(0.1)
+    WebDriverWait(browser, 120).until(lambda d: "Done." in status_text(d))
+    text = " | ".join(sorted(seen))
+    print("progress seen:", text[:600])
+    assert re.search(r"attnkit step \d+/12", text), text
+    assert re.search(r"refining, try \d+ of at most 20|optimising", text), text
+    assert re.search(r"baseline step \d+/12", text), text
+    assert "/13" not in text, "PNDM's extra step showed"
 
 
 def shown(browser, css) -> bool:
