@@ -153,13 +153,9 @@ def parse_scales(text: str | None, label: str) -> dict[str, float]:
 
 def parse_window(text: str, label: str) -> tuple[float, float]:
     """``"0-0.8"`` (also ``"0 to 0.8"``, ``"0, 0.8"``) -> ``(0.0, 0.8)``: the text form of a step window."""
-    import re
+    from .steps import parse_range
 
-    number = r"\s*(\d*\.?\d+)\s*"
-    match = re.fullmatch(number + r"(?:-|–|to|,|;)" + number, str(text or ""))
-    if not match:
-        raise AttnKitError(f"{label} takes from-to fractions of the run such as 0-0.8; got {text!r}")
-    return (float(match.group(1)), float(match.group(2)))
+    return parse_range(text, label, example="0-0.8")
 
 
 def _p2p_method(edit, knobs: dict) -> P2P:

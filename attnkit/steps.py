@@ -47,6 +47,20 @@ def check_window(window, name: str = "steps") -> tuple[float, float]:
     return start, stop
 
 
+def parse_range(text, label: str, example: str = "0-1 (the whole run) or 0-0.5 (the first half)",
+                allow_comma: bool = True) -> tuple[float, float]:
+    """A part of the run typed as from-to fractions, ``"0-0.5"`` (also ``"0 to 0.5"``; with ``allow_comma``
+    ``"0, 0.5"``) -> ``(0.0, 0.5)``; a one-line error naming ``label`` otherwise."""
+    import re
+
+    number = r"\s*(\d*\.?\d+)\s*"
+    separator = r"(?:-|–|to|,|;)" if allow_comma else r"(?:-|–|to)"
+    match = re.fullmatch(number + separator + number, str(text or ""))
+    if not match:
+        raise AttnKitError(f"{label}: write from-to fractions of the run such as {example}, got {str(text)!r}")
+    return (float(match.group(1)), float(match.group(2)))
+
+
 def shown_step(step: StepInfo, requested: int) -> int:
     """The 1-based step to show a user who asked for ``requested`` steps when ``step`` has just finished.
 

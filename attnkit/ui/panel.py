@@ -253,17 +253,13 @@ def param_to_widget_value(f: Field, value):
     return value
 
 
-_NUMBER = r"\s*(\d*\.?\d+)\s*"
-
-
 def _range(text, label: str, many: bool = False) -> tuple[float, float]:
-    """A from-to range of the run such as ``0-0.5`` (also ``0 to 0.5``; a lone range also ``0, 0.5``)."""
-    separators = r"(?:-|–|to)" if many else r"(?:-|–|to|,)"
-    match = re.fullmatch(_NUMBER + separators + _NUMBER, str(text or ""))
-    if not match:
-        example = "0-0.5, 0.5-1" if many else "0-1 (the whole run) or 0-0.5 (the first half)"
-        raise AttnKitError(f"{label}: write from-to fractions of the run such as {example}, got {str(text)!r}")
-    return (float(match.group(1)), float(match.group(2)))
+    """A from-to part of the run such as ``0-0.5``; in a list of them (``many``) a comma separates ranges."""
+    from ..steps import parse_range
+
+    if many:
+        return parse_range(text, label, example="0-0.5, 0.5-1", allow_comma=False)
+    return parse_range(text, label)
 
 
 def panel_fields(method_id: str) -> list[Field]:
@@ -352,7 +348,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
     from ..models import FAMILY_NAMES, TINY_IMAGE_SIZE, family_of, is_tiny, load_pipeline, model_choices
     from ..runtime import generate
     from ..samplers import DEFAULT as OWN_SAMPLER
-    from ..samplers import sampler_names, using_sampler
+    from ..samplers import check_sampler, sampler_names, using_sampler
     from .conditions import build_conditions, pka_from_controls
     from .edit_tab import build_edit_tab
 
@@ -466,10 +462,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                                            "seed": seed_number, "width": _whole(w, "Width"),
                                            "height": _whole(h, "Height")}, _LABELS)
                 pipe, lock = state.pipe(model_name)
-                family = family_of(pipe)
-                from ..samplers import check_sampler
-
-                chosen_sampler = check_sampler(sampler_name, family)
+                chosen_sampler = check_sampler(sampler_name, family_of(pipe))
                 if chosen_sampler != OWN_SAMPLER:
                     settings["sampler"] = chosen_sampler
                 kwargs = dict(num_inference_steps=settings["steps"], guidance_scale=settings["guidance_scale"],

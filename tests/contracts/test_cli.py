@@ -108,7 +108,7 @@ def test_edit_writes_the_edit_reconstruction_grid_maps_and_report(tmp_path, caps
 @pytest.mark.parametrize("extra, message", [
     (["--words", "horse"], "'horse' is not in the prompt"),
     (["--reweight", "red"], "--reweight takes word=scale pairs"),
-    (["--cross-replace", "0.8"], "--cross-replace takes from-to fractions of the run such as 0-0.8"),
+    (["--cross-replace", "0.8"], "--cross-replace: write from-to fractions of the run such as 0-0.8"),
     (["--target", "a cat and a red fox"], "words one for one"),
 ])
 def test_edit_bad_input_is_one_line_and_status_2(tmp_path, capsys, extra, message):
