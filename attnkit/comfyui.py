@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import AttnKitError, UnsupportedModelError
-from .hostkernel import PATCH_METHODS, HostRun, install_patches, sdpa_heads, strip_weights, unet_blocks
+from .hostkernel import HostRun, install_patches, sdpa_heads, strip_weights, unet_blocks
 from .steps import StepInfo
 from .tokens import TokenMap
 
@@ -153,7 +153,7 @@ class Session:
         self.fallback = fallback or sdpa_heads
         self.run: HostRun | None = None
         self.last_report = None
-        self.latent = any(m.id not in PATCH_METHODS for m in self.methods)
+        self.latent = any(m.needs_gradient for m in self.methods)
         if self.latent and calc_cond_batch is None:
             raise UnsupportedModelError("this ComfyUI has no conditional forward for gradient passes")
         # a run made now checks the words and options before any sampling (errors show on the Apply node)
@@ -172,7 +172,7 @@ class Session:
     # --- what install_patches needs
     @property
     def needs_patch(self) -> bool:
-        return any(m.id == "structured" for m in self.methods)
+        return any("text" in m.attention for m in self.methods)
 
     @property
     def needs_replace(self) -> bool:

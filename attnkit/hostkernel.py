@@ -48,8 +48,14 @@ from .tokens import PromptTokens, TokenMap
 
 logger = logging.getLogger(__name__)
 
-#: methods that run through attention patches alone (the others also need a sampler wrapper, see HostRun)
-PATCH_METHODS = ("observe", "structured")
+#: the hook points (``Method.attention``) the hosts' attention patches honour
+PATCH_HOOKS = frozenset({"read", "text"})
+
+
+def runs_on_patches(method) -> bool:
+    """Whether ``method`` runs through a host's attention patches alone (no gradient pass, only hooks they honour);
+    the others need a sampler wrapper with a conditional forward (see :class:`HostRun`) or cannot run in a host."""
+    return not method.needs_gradient and method.attention <= PATCH_HOOKS
 #: query-grid downsample factors of the cross-attention layers of the released UNets of each family (used when
 #: the adapter cannot read them from the model, see :func:`unet_factors`)
 UNET_FACTORS = {"sd": (1, 2, 4, 8), "sdxl": (2, 4)}
@@ -163,7 +169,13 @@ class HostRun:
                 f"attnkit's attention patches work on SD 1.x/2.x and SDXL UNets; {host} runs a {family} model here"
             )
         self.methods = list(methods)
-        other = [m.id for m in self.methods if m.id not in PATCH_METHODS]
+        foreign = [m.id for m in self.methods if not m.attention <= PATCH_HOOKS]
+        if foreign:
+            raise UnsupportedModelError(
+                f"{', '.join(foreign)} cannot run through {host}'s attention patches (it changes attention in ways "
+                "they do not offer); use it in the attnkit app or Python"
+            )
+        other = [m.id for m in self.methods if m.needs_gradient]
         if other and gradient is None:
             raise UnsupportedModelError(
                 f"{', '.join(other)} cannot run through {host}'s attention patches (it optimises the latent with "

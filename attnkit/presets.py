@@ -607,8 +607,10 @@ def _methods(entries, problems: list[str]) -> list[tuple[str, dict]]:
 
 
 def _needs_words(method_id: str) -> bool:
-    """Methods that cannot run without subject words (words are prompt-specific, so presets may leave them out)."""
-    return method_id in ("attend_excite", "a_star")
+    """Whether the method acts only on target words (declared on its class)."""
+    from .methods import get_method
+
+    return get_method(method_id).needs_words
 
 
 def _number(value, kind: str) -> bool:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import AttnKitError, UnsupportedModelError, one_line
-from .hostkernel import PATCH_METHODS, HostRun, install_patches, strip_weights, unet_block_keys, unet_blocks
+from .hostkernel import HostRun, install_patches, runs_on_patches, strip_weights, unet_block_keys, unet_blocks
 from .methods import REGISTRY
 from .presets import Preset, PresetError
 from .ui.fields import FIELDS, Field
@@ -580,8 +580,8 @@ def _skip_pass(job: Job, hires: bool) -> bool:
 
 
 def _patchable(job: Job) -> list:
-    keep = [m for m in job.methods if m.id in PATCH_METHODS]
-    dropped = [m.id for m in job.methods if m.id not in PATCH_METHODS]
+    keep = [m for m in job.methods if runs_on_patches(m)]
+    dropped = [m.id for m in job.methods if not runs_on_patches(m)]
     if dropped:
         job._say(
             f"{', '.join(dropped)} cannot run in {HOST_NAMES[job.host]} (it optimises the latent through the "

@@ -125,7 +125,7 @@ def _params_with_words(method_id, params, targets):
     takes_words = "words" in {f.name for f in fields_for(method_id)}
     if takes_words and params.get("words") is None and not params.get("token_indices") and targets.words:
         params["words"] = list(targets.words)
-    if method_id in ("attend_excite", "a_star") and not params.get("words") and not params.get("token_indices"):
+    if REGISTRY[method_id].needs_words and not params.get("words") and not params.get("token_indices"):
         raise AttnKitError(f"{METHOD_TITLES[method_id]} needs words: type them in AttnKit Words")
     return params
 

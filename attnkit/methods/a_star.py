@@ -170,3 +170,6 @@ class AStar(Method):
     config_class = AStarConfig
     controller_class = AStarController
     families = ("sd", "sdxl")
+    attention = frozenset({"read"})
+    needs_gradient = True
+    needs_words = True

@@ -141,3 +141,6 @@ class AttendExcite(Method):
     config_class = AttendExciteConfig
     controller_class = AttendExciteController
     families = ("sd", "sdxl")
+    attention = frozenset({"read"})
+    needs_gradient = True
+    needs_words = True

@@ -142,6 +142,12 @@ class _Timer:
         return False
 
 
+#: the hook points of an attention call: ``"read"`` reads the text-attention probabilities, ``"text"`` edits the text
+#: keys/values a layer attends to, ``"probs"`` edits the probabilities (or replaces them with another branch's),
+#: ``"replace"`` computes the layer's attention itself (extra tokens, masks)
+HOOKS = frozenset({"read", "text", "probs", "replace"})
+
+
 class Method:
     """A configured attention-control method.
 
@@ -157,6 +163,13 @@ class Method:
     controller_class: ClassVar[type[Controller]] = Controller
     #: model families the method supports.
     families: ClassVar[tuple[str, ...]] = ("sd", "sdxl", "flux")
+    #: what the method does inside attention, among the hook points a runtime offers (see :data:`HOOKS`).
+    attention: ClassVar[frozenset[str]] = frozenset()
+    #: it runs gradient passes through the denoiser (latent optimisation, learned tokens): a host must offer a
+    #: conditional forward it can differentiate.
+    needs_gradient: ClassVar[bool] = False
+    #: it acts on the target words (or token positions) its options name, and does nothing without them.
+    needs_words: ClassVar[bool] = False
 
     def __init__(self, config=None, **fields):
         if config is not None and fields:

@@ -382,3 +382,5 @@ class DPL(Method):
     config_class = DPLConfig
     controller_class = DPLController
     families = ("sd",)
+    attention = frozenset({"read"})
+    needs_gradient = True  # its dynamic words come from attnkit.edit(words=...), not from its options

@@ -169,5 +169,6 @@ class Observe(Method):
     """
 
     id = "observe"
+    attention = frozenset({"read"})
     config_class = ObserveConfig
     controller_class = ObserveController

@@ -546,3 +546,4 @@ class P2P(Method):
     config_class = P2PConfig
     controller_class = P2PController
     families = ("sd", "sdxl")
+    attention = frozenset({"read", "probs"})

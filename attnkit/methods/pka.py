@@ -329,3 +329,4 @@ class PKA(Method):
     config_class = PKAConfig
     controller_class = PKAController
     families = ("flux",)
+    attention = frozenset({"replace"})

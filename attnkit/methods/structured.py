@@ -244,3 +244,4 @@ class StructuredGuidance(Method):
     config_class = StructuredConfig
     controller_class = StructuredController
     families = ("sd", "sdxl")
+    attention = frozenset({"text"})

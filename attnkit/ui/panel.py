@@ -279,7 +279,7 @@ def methods_from_controls(enabled: dict[str, bool], values: dict[str, dict[str, 
             params["words"] = list(picked) or None
         if method_id == "observe" and params.get("words") is None and picked:
             params["words"] = list(picked)
-        if method_id in ("attend_excite", "a_star") and not params.get("words") and not params.get("token_indices"):
+        if get_method(method_id).needs_words and not params.get("words") and not params.get("token_indices"):
             raise AttnKitError(f"{METHOD_TITLES[method_id]} needs words: pick them in the word picker (in a webui, type them in the Words box)")
         methods.append(get_method(method_id)(**params))
     return methods
