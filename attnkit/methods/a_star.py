@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from ..errors import AttnKitError
 from ..latent_guidance import LatentController
 from ..steps import check_window
-from .attend_excite import _check_common
-from .base import Method
+from .attend_excite import _check_common, _whole
+from .base import Method, check_ranges
 
 
 def segregation_loss(maps: torch.Tensor) -> torch.Tensor:
@@ -86,11 +86,9 @@ class AStarConfig:
 
     def __post_init__(self):
         _check_common(self, "a_star")
-        if not 0 < float(self.tau) < 1:
-            raise AttnKitError(f"a_star: tau={self.tau!r} must be between 0 and 1")
         self.steps = check_window(self.steps, "a_star: steps")
-        if not 1 <= int(self.iterations) <= 20:
-            raise AttnKitError(f"a_star: iterations={self.iterations!r} must be in 1..20")
+        self.iterations = _whole(self.iterations, "a_star: iterations")
+        check_ranges("a_star", self)  # tau, scale_factor, iterations: the field table's ranges, the only ones
         if self.masks is not None:
             masks = {}
             for word, mask in dict(self.masks).items():

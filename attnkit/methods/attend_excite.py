@@ -23,10 +23,15 @@ import torch
 
 from ..errors import AttnKitError
 from ..latent_guidance import SMOOTHING, LatentController
-from .base import Method
+from .base import Method, check_ranges
 
-MAX_STEPS = 1000  # caps that keep a shared preset from hanging a machine
-MAX_REFINEMENT = 100
+MAX_STEPS = 1000  # most threshold steps; the numbers' ranges are the field table's (check_ranges)
+
+
+def _whole(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise AttnKitError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
 
 
 def _check_common(config, name: str) -> None:
@@ -50,8 +55,10 @@ def _check_common(config, name: str) -> None:
         config.attn_res = res
     if config.smoothing not in SMOOTHING:
         raise AttnKitError(f"{name}: smoothing={config.smoothing!r}; use one of {', '.join(SMOOTHING)}")
-    if not 0 < float(config.scale_factor) <= 1000:
-        raise AttnKitError(f"{name}: scale_factor={config.scale_factor!r} must be in (0, 1000]")
+    try:
+        config.scale_factor = float(config.scale_factor)
+    except (TypeError, ValueError):
+        raise AttnKitError(f"{name}: scale_factor must be a number, got {config.scale_factor!r}") from None
 
 
 @dataclass
@@ -81,16 +88,15 @@ class AttendExciteConfig:
 
     def __post_init__(self):
         _check_common(self, "attend_excite")
-        if not 0 <= int(self.max_iter_to_alter) <= MAX_STEPS:
-            raise AttnKitError(f"attend_excite: max_iter_to_alter must be in 0..{MAX_STEPS}")
-        if not 0 <= int(self.max_refinement_steps) <= MAX_REFINEMENT:
-            raise AttnKitError(f"attend_excite: max_refinement_steps must be in 0..{MAX_REFINEMENT}")
+        self.max_iter_to_alter = _whole(self.max_iter_to_alter, "attend_excite: max_iter_to_alter")
+        self.max_refinement_steps = _whole(self.max_refinement_steps, "attend_excite: max_refinement_steps")
         try:
             self.thresholds = {int(k): float(v) for k, v in dict(self.thresholds).items()}
         except (TypeError, ValueError):
             raise AttnKitError(f"attend_excite: thresholds={self.thresholds!r} must map steps to numbers") from None
         if len(self.thresholds) > MAX_STEPS or not all(0 <= v <= 1 for v in self.thresholds.values()):
             raise AttnKitError("attend_excite: thresholds must be between 0 and 1")
+        check_ranges("attend_excite", self)  # the field table's ranges, the only ones
 
 
 class AttendExciteController(LatentController):

@@ -210,20 +210,30 @@ MAX_ITEMS = 32
 MAX_WORD_CHARS = 200
 
 
+def check_ranges(method_id: str, config) -> None:
+    """Refuse numbers outside their field row's range: the one place a method's numeric ranges are written (the
+    config, presets, the panel's sliders and the nodes all follow the field table)."""
+    from ..ui.fields import fields_for
+
+    for row in fields_for(method_id):
+        value = getattr(config, row.name, None)
+        if (row.kind in ("int", "float") and isinstance(value, (int, float)) and not isinstance(value, bool)
+                and not row.minimum <= value <= row.maximum):
+            raise AttnKitError(f"{method_id}: {row.name} must be from {row.minimum:g} to {row.maximum:g}, got "
+                               f"{value!r}"[:300])
+
+
 def _check_sizes(method_id: str, config) -> None:
     """Refuse options over their caps before any work starts: numbers outside the field table's range (what presets
     are held to, so iteration counts stay bounded), lists and mappings over the table's ``limit`` where the option
     has a row, else :data:`MAX_ITEMS`."""
     from ..ui.fields import fields_for
 
+    check_ranges(method_id, config)
     rows = {f.name: f for f in fields_for(method_id)}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         row = rows.get(f.name)
-        if (row is not None and row.kind in ("int", "float") and isinstance(value, (int, float))
-                and not isinstance(value, bool) and not row.minimum <= value <= row.maximum):
-            raise AttnKitError(f"{method_id}: {f.name} must be from {row.minimum:g} to {row.maximum:g}, got {value!r}"
-                               [:300])
         if not isinstance(value, (list, tuple, dict, set, frozenset)):
             continue
         limit = row.limit if row is not None else MAX_ITEMS

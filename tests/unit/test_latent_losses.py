@@ -90,11 +90,20 @@ def test_config_errors():
         AttendExciteConfig(words=["cat"], smoothing="box")
     with pytest.raises(AttnKitError, match="attn_res"):
         AttendExciteConfig(words=["cat"], attn_res=(16, 0))
-    with pytest.raises(AttnKitError, match="max_iter_to_alter must be in 0..1000"):
+    # one range per number, the field table's, whether the config or the method is built
+    with pytest.raises(AttnKitError, match="max_iter_to_alter must be from 0 to 200, got 1000000000"):
         AttendExciteConfig(words=["cat"], max_iter_to_alter=10**9)
+    with pytest.raises(AttnKitError, match="max_iter_to_alter must be from 0 to 200, got 500"):
+        AttendExciteConfig(words=["cat"], max_iter_to_alter=500)
+    with pytest.raises(AttnKitError, match="max_refinement_steps must be from 0 to 50, got 60"):
+        AttendExciteConfig(words=["cat"], max_refinement_steps=60)
+    with pytest.raises(AttnKitError, match="scale_factor must be from 0.5 to 100, got 500.0"):
+        AStarConfig(words=["cat"], scale_factor=500)
+    with pytest.raises(AttnKitError, match="max_iter_to_alter must be a whole number"):
+        AttendExciteConfig(words=["cat"], max_iter_to_alter=2.5)
     with pytest.raises(AttnKitError, match="thresholds must be between 0 and 1"):
         AttendExciteConfig(words=["cat"], thresholds={0: 2})
-    with pytest.raises(AttnKitError, match="tau"):
+    with pytest.raises(AttnKitError, match="tau must be from 0.05 to 0.95, got 1.5"):
         AStarConfig(words=["cat"], tau=1.5)
     with pytest.raises(AttnKitError, match="one mask per word"):
         AStarConfig(words=["cat", "dog"], masks={"cat": [[1, 0], [0, 0]]})
