@@ -161,6 +161,7 @@ class Run:
         self.cfg = cfg
         self.num_steps = num_steps
         self._bypass = False
+        self._grid_of_tokens: tuple[int, tuple[int, int]] | None = None  # Flux: token count -> latent grid
         #: the denoiser call in progress: ``{"args": ..., "kwargs": ...}`` as the denoiser received them (methods that
         #: need the call's timestep, guidance or pooled text embedding read them here).
         self.call_inputs: dict[str, Any] = {}
@@ -433,6 +434,20 @@ class Run:
             count = len(getattr(self.pipe.scheduler, "timesteps", ()) or ())
         return int(count or 1)
 
+    def _flux_grid(self, sample, img_ids) -> tuple[int, int]:
+        """The latent grid of a Flux call, read from its position ids once per token count (not every call)."""
+        tokens = int(sample.shape[1])
+        if self._grid_of_tokens is not None and self._grid_of_tokens[0] == tokens:
+            return self._grid_of_tokens[1]
+        if img_ids is not None:
+            ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+            grid = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+        else:
+            side = int(round(tokens ** 0.5))
+            grid = (side, tokens // side)
+        self._grid_of_tokens = (tokens, grid)
+        return grid
+
     def _on_denoiser_call(self, module, args, kwargs):
         if self._bypass and self._grad is None:
             return None
@@ -443,19 +458,17 @@ class Run:
             sample = _arg(args, kwargs, "hidden_states", 0)
             text = _arg(args, kwargs, "encoder_hidden_states", 1)
             timestep = _arg(args, kwargs, "timestep", 3)
-            img_ids = kwargs.get("img_ids")
-            if img_ids is not None:
-                ids = img_ids[0] if img_ids.ndim == 3 else img_ids
-                latent_hw = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
-            else:
-                side = int(round(sample.shape[1] ** 0.5))
-                latent_hw = (side, sample.shape[1] // side)
+            latent_hw = self._flux_grid(sample, kwargs.get("img_ids"))
         else:
             sample = _arg(args, kwargs, "sample", 0)
             timestep = _arg(args, kwargs, "timestep", 1)
             text = _arg(args, kwargs, "encoder_hidden_states", 2)
             latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
-        t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
+        # one dispatched operation (the scalar read) is all an idle run adds to a denoiser call
+        if not torch.is_tensor(timestep):
+            t = float(timestep)
+        else:
+            t = timestep.item() if timestep.ndim == 0 else timestep[(0,) * timestep.ndim].item()
 
         if self._capture:
             self._capture_first_call(sample, text, timestep, kwargs)

@@ -212,3 +212,47 @@ def test_generate_input_errors(sd15):
     with pytest.raises(attnkit.AttnKitError, match="pass prompt="):
         with attnkit.attach(sd15, [Observe()]):
             pass
+
+
+@pytest.mark.parametrize("family, per_call, once", [("sd15", 1, 0), ("sdxl", 1, 0), ("flux", 2, 6)])
+def test_idle_adds_no_work_to_a_denoiser_call(pipes, family, per_call, once):
+    """Counted, not timed: the torch operations dispatched inside the pipeline's denoiser calls, attached-idle vs
+    stock. Idle adds only reading the step's timestep (one scalar; Flux also its position ids once)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    pipe = pipes[family]
+
+    class Count(TorchDispatchMode):
+        inside = calls = depth = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.inside += bool(self.depth)
+            return func(*args, **(kwargs or {}))
+
+    def ops(methods):
+        counter = Count()
+        denoiser = denoiser_of(pipe)
+
+        def enter(*_):
+            counter.depth += 1
+            counter.calls += 1
+
+        def leave(*_):
+            counter.depth -= 1
+
+        handles = [denoiser.register_forward_pre_hook(enter), denoiser.register_forward_hook(leave)]
+        try:
+            with counter:
+                kwargs = dict(num_inference_steps=2, height=64, width=64, output_type="latent")
+                if methods is None:
+                    pipe("a red car", generator=torch.Generator("cpu").manual_seed(0), **kwargs)
+                else:
+                    attnkit.generate(pipe, "a red car", methods, seed=0, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        return counter.inside, counter.calls
+
+    (stock, calls), (idle, idle_calls) = ops(None), ops([])
+    assert calls == idle_calls
+    assert 0 <= idle - stock <= per_call * calls + once, (stock, idle, calls)
