@@ -3,7 +3,7 @@
 Quick start::
 
     import attnkit
-    from attnkit.methods import Observe
+    from .methods import Observe
 
     pipe = attnkit.load_pipeline("tiny-sd15")          # or a diffusers folder, a .safetensors file, a hub id
     result = attnkit.generate(pipe, "a red car and a bird", [Observe(words=["car", "bird"])], seed=0)
@@ -14,6 +14,9 @@ Quick start::
 from __future__ import annotations
 
 from . import methods
+from .core.layers import LayerInfo
+from .core.steps import StepInfo
+from .editing import EditReport, EditResult, edit, prompt_to_prompt
 from .errors import (
     AlreadyAttachedError,
     AttnKitError,
@@ -23,13 +26,10 @@ from .errors import (
     UnsupportedModelError,
     WordNotFoundError,
 )
-from .editing import EditReport, EditResult, edit, prompt_to_prompt
-from .flux_branches import Condition
-from .layers import LayerInfo
+from .methods.pka.branches import Condition
 from .models import family_of, load_pipeline, tiny_pipeline
 from .presets import Preset, PresetError
 from .runtime import Report, Result, Run, attach, generate
-from .steps import StepInfo
 from .version import __version__
 
 __all__ = [

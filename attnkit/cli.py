@@ -145,8 +145,8 @@ def _method_objects(args) -> list:
 
 def _pka_method(args):
     """The PKA method of the --condition options (``None`` without conditions)."""
-    from .flux_branches import Condition
     from .methods import PKA
+    from .methods.pka.branches import Condition
 
     options = {"mode": args.pka_mode, "window": args.pka_window, "residual": args.pka_residual,
                "epsilon": args.pka_epsilon}
@@ -211,11 +211,11 @@ def _check_outputs(images: dict[str, str | None], files: dict[str, str | None] =
 def _generate(args) -> int:
     from tqdm.auto import tqdm
 
+    from .core.steps import shown_step, work_text
     from .methods import REGISTRY
     from .models import TINY_IMAGE_SIZE, is_tiny, load_pipeline
     from .presets import PresetError
     from .runtime import generate
-    from .steps import shown_step, work_text
 
     _check_settings(args)
     from .samplers import DEFAULT, check_sampler, using_sampler
@@ -372,8 +372,8 @@ def _edit(args) -> int:
 
 
 def _tokens(args) -> int:
+    from .core.tokens import prompt_tokens
     from .models import family_of, load_pipeline
-    from .tokens import prompt_tokens
 
     pipe = load_pipeline(args.model, device="cpu", dtype="float32", config=args.config)
     tokens = prompt_tokens(pipe, args.prompt, family_of(pipe))

@@ -9,7 +9,7 @@ One versioned JSON envelope::
 carried as a file, as a compact share code (``ak1.`` + URL-safe base64 of the zlib-compressed JSON), and inside PNG
 metadata (an A1111-style ``parameters`` text chunk whose ``AttnKit`` key holds the share code, plus the full JSON in
 an ``attnkit`` chunk). A preset is data only: it is parsed as JSON, never executed, and validated against the field
-table (:mod:`attnkit.ui.fields`) with every problem reported at once, each with its path. Sizes and counts are capped
+table (:mod:`attnkit.methods.fields`) with every problem reported at once, each with its path. Sizes and counts are capped
 so a shared preset cannot hang a machine. ``settings`` holds prompt-independent generation settings only.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AttnKitError, shown
-from .ui.fields import MAX_MASK_SIDE, Field, fields_for
+from .methods.fields import MAX_MASK_SIDE, Field, fields_for
 
 SCHEMA_VERSION = 1
 SHARE_PREFIX = f"ak{SCHEMA_VERSION}."

@@ -6,7 +6,7 @@ class level, so two generations on two pipelines in two threads cannot interfere
 
 Lifecycle:
 
-1. :func:`attach` wraps every attention processor of the denoiser in a :class:`~attnkit.processor.LayerProcessor`
+1. :func:`attach` wraps every attention processor of the denoiser in a :class:`~attnkit.core.processor.LayerProcessor`
    and registers a forward pre-hook on the denoiser (to read the timestep, latent size and CFG layout of each
    denoiser call). It restores the very same processor objects in ``finally``, whatever happens.
 2. A step begins at the first denoiser call after the run starts or after the previous step's callback. It ends in
@@ -28,14 +28,14 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from .attention import flux_text_attention_probs, unet_cross_attention_probs
+from .core.attention import flux_text_attention_probs, unet_cross_attention_probs
+from .core.layers import LayerInfo, discover_layers, grid_for
+from .core.processor import LayerProcessor
+from .core.steps import StepInfo
+from .core.tokens import PromptTokens, prompt_tokens
 from .errors import AlreadyAttachedError, AttnKitError, StepCallbackError, check_stop, shown
-from .layers import LayerInfo, discover_layers, grid_for
 from .methods.base import Controller, Method, MethodReport
 from .models import denoiser_of, family_of
-from .processor import LayerProcessor
-from .steps import StepInfo
-from .tokens import PromptTokens, prompt_tokens
 
 logger = logging.getLogger("attnkit")
 
@@ -626,7 +626,7 @@ class Run:
         ]
 
     def routed_call(self, route: _Route, processor: LayerProcessor, attn, hidden_states, args: tuple, kwargs: dict):
-        """A layer call that some method reads or changes (see :class:`~attnkit.processor.LayerProcessor`)."""
+        """A layer call that some method reads or changes (see :class:`~attnkit.core.processor.LayerProcessor`)."""
         layer = processor.layer
         if route.readers:
             self.read_attention(layer, route.readers, attn, hidden_states, args, kwargs)

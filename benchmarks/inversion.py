@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 
 import attnkit  # noqa: E402
 from attnkit import editing  # noqa: E402
-from attnkit.inversion import DDIM, NullTextConfig, cfg_step, ddim_invert, denoise, null_text_step  # noqa: E402
+from attnkit.editing.inversion import DDIM, NullTextConfig, cfg_step, ddim_invert, denoise, null_text_step  # noqa: E402
 from fullsize import sd15_unet  # noqa: E402
 
 CAPTION = "a cat and a dog"

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from attnkit.attention import flux_qkv, rope  # noqa: E402
-from attnkit.pka_attention import Pattern, pka_attention, sdpa  # noqa: E402
+from attnkit.core.attention import flux_qkv, rope  # noqa: E402
+from attnkit.methods.pka.attention import Pattern, pka_attention, sdpa  # noqa: E402
 
 HEADS, HEAD_DIM, TEXT, GRID = 24, 128, 512, (32, 32)
 IMAGE = GRID[0] * GRID[1]

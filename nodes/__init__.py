@@ -26,7 +26,7 @@ def _library():
     """
     loaded = sys.modules.get("attnkit")
     paths = list(getattr(loaded, "__path__", None) or [])
-    if loaded is not None and paths and os.path.isfile(os.path.join(paths[0], "comfyui.py")):
+    if loaded is not None and paths and os.path.isfile(os.path.join(paths[0], "hosts", "comfyui.py")):
         return loaded
     here = os.path.join(_ROOT, "attnkit")
     spec = importlib.util.spec_from_file_location("attnkit", os.path.join(here, "__init__.py"),
@@ -45,11 +45,11 @@ def _library():
 
 
 _library()
-from attnkit import comfyui  # noqa: E402
 from attnkit.errors import AttnKitError  # noqa: E402
+from attnkit.hosts import comfyui  # noqa: E402
 from attnkit.methods import REGISTRY, get_method  # noqa: E402
+from attnkit.methods.fields import fields_for  # noqa: E402
 from attnkit.presets import Preset  # noqa: E402
-from attnkit.ui.fields import fields_for  # noqa: E402
 from attnkit.ui.panel import METHOD_TITLES, param_to_widget_value, widget_value_to_param  # noqa: E402
 
 CATEGORY = "attnkit"

@@ -1,6 +1,6 @@
 """AttnKit for SD.Next, Forge and A1111: an always-visible accordion that applies attnkit to each job.
 
-Glue only: the controls come from attnkit's field table (attnkit.ui.accordion), the work from attnkit.webui. Nothing is
+Glue only: the controls come from attnkit's field table (attnkit.ui.accordion), the work from attnkit.hosts.webui. Nothing is
 patched at import; each job patches what it uses and restores it at the end of sampling, in postprocess, at the start
 of the next job, or on script unload, whichever comes first.
 """
@@ -16,8 +16,8 @@ if _ROOT not in sys.path:  # the extension folder holds the attnkit package
 import gradio as gr  # noqa: E402
 from modules import script_callbacks, scripts  # noqa: E402
 
-from attnkit import webui  # noqa: E402
 from attnkit.errors import AttnKitError  # noqa: E402
+from attnkit.hosts import webui  # noqa: E402
 
 logger = logging.getLogger("attnkit")
 _JOBS = []  # jobs not yet restored, across the txt2img and img2img instances

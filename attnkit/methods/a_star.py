@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..core.steps import check_window
 from ..errors import AttnKitError
-from ..latent_guidance import LatentController
-from ..steps import check_window
 from .attend_excite import _check_common, _whole
 from .base import Method, check_ranges
+from .latent import LatentController
 
 
 def segregation_loss(maps: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ class AStarConfig:
         steps: progress window ``(start, stop)`` of the optimised steps; the paper uses all (default).
         iterations: gradient steps per optimised step (the paper: 1).
         attn_res: grid of the maps, ``(h, w)``; ``None`` picks it from the image size.
-        smoothing: ``"diffusers"``, ``"gaussian"`` or ``"none"`` (see :mod:`attnkit.latent_guidance`).
+        smoothing: ``"diffusers"``, ``"gaussian"`` or ``"none"`` (see :mod:`attnkit.methods.latent`).
         masks: optional layout masks, ``{word: 2-D array of 0/1}`` (any size; resized to the map grid), used in
             place of the retention masks. Every concept needs one.
         measure_after_update: also compute the loss after each update (one more forward per step), reported as

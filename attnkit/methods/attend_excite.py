@@ -4,7 +4,7 @@ Chefer et al., "Attend-and-Excite: Attention-Based Semantic Guidance for Text-to
 SIGGRAPH 2023, https://arxiv.org/abs/2301.13826.
 
 At each step ``i < max_iter_to_alter``, for each image: a conditional forward with gradients gives the smoothed
-maps of the subject words (see :mod:`attnkit.latent_guidance`); the loss is ``max_s max(0, 1 - max(map_s))``, the
+maps of the subject words (see :mod:`attnkit.methods.latent`); the loss is ``max_s max(0, 1 - max(map_s))``, the
 most neglected subject; the latent takes one step ``z <- z - alpha_i grad L``. At the threshold steps
 (``thresholds``, default ``{0: 0.05, 10: 0.5, 20: 0.8}``) it first refines the latent, repeating such steps until
 ``L <= 1 - threshold`` or ``max_refinement_steps`` tries, then re-evaluates the loss. Defaults are diffusers'.
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import AttnKitError
-from ..latent_guidance import SMOOTHING, LatentController
 from .base import Method, check_ranges
+from .latent import SMOOTHING, LatentController
 
 MAX_STEPS = 1000  # most threshold steps; the numbers' ranges are the field table's (check_ranges)
 

@@ -18,9 +18,9 @@ import torch
 from ..errors import AttnKitError, UnsupportedModelError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..layers import LayerInfo
+    from ..core.layers import LayerInfo
+    from ..core.steps import StepInfo
     from ..runtime import Run
-    from ..steps import StepInfo
 
 
 @dataclass
@@ -213,7 +213,7 @@ MAX_WORD_CHARS = 200
 def check_ranges(method_id: str, config) -> None:
     """Refuse numbers outside their field row's range: the one place a method's numeric ranges are written (the
     config, presets, the panel's sliders and the nodes all follow the field table)."""
-    from ..ui.fields import fields_for
+    from .fields import fields_for
 
     for row in fields_for(method_id):
         value = getattr(config, row.name, None)
@@ -227,7 +227,7 @@ def _check_sizes(method_id: str, config) -> None:
     """Refuse options over their caps before any work starts: numbers outside the field table's range (what presets
     are held to, so iteration counts stay bounded), lists and mappings over the table's ``limit`` where the option
     has a row, else :data:`MAX_ITEMS`."""
-    from ..ui.fields import fields_for
+    from .fields import fields_for
 
     check_ranges(method_id, config)
     rows = {f.name: f for f in fields_for(method_id)}

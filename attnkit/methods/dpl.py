@@ -39,11 +39,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.layers import LayerInfo, choose_grid
+from ..core.tokens import TokenMap
 from ..errors import AttnKitError
-from ..latent_guidance import SMOOTHING, aggregate, smoothing_kernel, token_maps
-from ..layers import LayerInfo, choose_grid
-from ..tokens import TokenMap
 from .base import Controller, Method
+from .latent import SMOOTHING, aggregate, smoothing_kernel, token_maps
 from .p2p import Keys
 
 MAX_TOKEN_ITERATIONS = 200  # [ours] caps for shared presets

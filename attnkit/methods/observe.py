@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.layers import choose_grid
+from ..core.steps import check_window
 from ..errors import AttnKitError, WordCutOffError
-from ..layers import choose_grid
-from ..steps import check_window
 from .base import Controller, Method
 
 

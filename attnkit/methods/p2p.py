@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..attention import PLAIN_PROCESSORS, attention_with_probs
+from ..core.attention import PLAIN_PROCESSORS, attention_with_probs
+from ..core.layers import choose_grid
+from ..core.steps import StepInfo, check_window
+from ..core.tokens import TokenMap
 from ..errors import AttnKitError, UnsupportedModelError
-from ..layers import choose_grid
-from ..steps import StepInfo, check_window
-from ..tokens import TokenMap
 from .base import Controller, Method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,7 +147,7 @@ class P2PConfig:
 class Keys:
     """The text keys a denoiser attends to for one prompt: content token ids, word and chunk positions.
 
-    Built from a :class:`~attnkit.tokens.TokenMap`; ``collapse`` replaces some word occurrences (their token
+    Built from a :class:`~attnkit.core.tokens.TokenMap`; ``collapse`` replaces some word occurrences (their token
     positions) by a single key each, with a negative pseudo id (DPL's dynamic tokens: one learnable token per noun).
     Position 0 is BOS; content keys follow; then EOS and padding up to ``length``.
 
@@ -416,7 +416,7 @@ class P2PController(Controller):
                     "p2p edits one prompt into another: use attnkit.prompt_to_prompt(pipe, source, target, ...) or "
                     "attnkit.edit(...), or pass target_prompt= to attach()"
                 )
-            from ..tokens import prompt_tokens
+            from ..core.tokens import prompt_tokens
 
             source = Keys(run.tokens.attention)
             target_tokens = prompt_tokens(run.pipe, run.target_prompt, run.family, run.max_sequence_length)

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import PLAIN_PROCESSORS, attention_output
+from ..core.attention import PLAIN_PROCESSORS, attention_output
+from ..core.phrases import PARSERS, Phrase, noun_phrases
+from ..core.steps import check_window
 from ..errors import AttnKitError, UnsupportedModelError
-from ..phrases import PARSERS, Phrase, noun_phrases
-from ..steps import check_window
 from .base import Controller, Method
 
 MAX_PHRASES = 32  # [ours] a bound on extra text encodings and conjunction keys for shared presets

@@ -6,13 +6,13 @@ that both majors accept are used.
 
 from __future__ import annotations
 
+from ..hosts.webui import TITLE, controls
 from ..methods import REGISTRY
-from ..webui import TITLE, controls
 from .panel import METHOD_TITLES, _widget, panel_fields
 
 
 def build_controls(gr, prefix: str) -> list:
-    """Create the controls inside the current Blocks context; returns them in :func:`attnkit.webui.controls`
+    """Create the controls inside the current Blocks context; returns them in :func:`attnkit.hosts.webui.controls`
     order (the script's argument order). ``prefix`` makes the ``elem_id``\\ s unique per tab."""
     made = {}
     with gr.Accordion(TITLE, open=False, elem_id=f"{prefix}-accordion"):

@@ -42,8 +42,8 @@ def build_conditions(gr):
 
 def pka_from_controls(values):
     """The :class:`~attnkit.methods.PKA` of the section's values (``None`` when no condition image was given)."""
-    from ..flux_branches import Condition
     from ..methods import PKA
+    from ..methods.pka.branches import Condition
 
     slots, (mode, window, epsilon, residual) = values[: 3 * SLOTS], values[3 * SLOTS:]
     conditions = []

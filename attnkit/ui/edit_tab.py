@@ -103,9 +103,9 @@ def _seed(value) -> int:
 
 def build_edit_tab(gr, state):
     """The Edit tab's widgets and events (inside a ``gr.Tab``); ``state`` is the app's :class:`AppState`."""
+    from ..core.steps import Progress
     from ..editing import edit
     from ..errors import one_line
-    from ..steps import Progress
     from ..viz import overlay
     from .panel import STALE, error_text, session_of, takes_request, words_update
 

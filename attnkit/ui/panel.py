@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.steps import Progress, shown_step, work_text
 from ..errors import AttnKitError, Interrupted, one_line
 from ..methods import REGISTRY, get_method
+from ..methods.fields import Field, fields_for
 from ..presets import Preset, PresetError, check_settings, delete_preset, prompts_of_image, user_presets
-from ..steps import Progress, shown_step, work_text
-from .fields import Field, fields_for
 
 logger = logging.getLogger("attnkit")
 
@@ -255,7 +255,7 @@ def param_to_widget_value(f: Field, value):
 
 def _range(text, label: str, many: bool = False) -> tuple[float, float]:
     """A from-to part of the run such as ``0-0.5``; in a list of them (``many``) a comma separates ranges."""
-    from ..steps import parse_range
+    from ..core.steps import parse_range
 
     if many:
         return parse_range(text, label, example="0-0.5, 0.5-1", allow_comma=False)
@@ -287,8 +287,8 @@ def methods_from_controls(enabled: dict[str, bool], values: dict[str, dict[str, 
 
 def word_choices(pipe, prompt: str) -> list[tuple[str, str]]:
     """The prompt's words as the model tokenises them: ``(label, word)`` pairs, repeated words numbered."""
+    from ..core.tokens import prompt_tokens
     from ..models import family_of
-    from ..tokens import prompt_tokens
 
     if not prompt or not prompt.strip():
         return []

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import attnkit
-from attnkit import hostkernel
-from attnkit.attention import unet_cross_attention_probs
+from attnkit.hosts import kernel as hostkernel
+from attnkit.core.attention import unet_cross_attention_probs
 from attnkit.methods import Observe, StructuredGuidance
 
-from .conftest import ROOT
+from tests.comfy.conftest import ROOT
 
 PROMPT = "a red car and a white sheep"
 

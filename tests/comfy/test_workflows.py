@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from .conftest import ROOT
+from tests.comfy.conftest import ROOT
 
 FOLDER = os.path.join(ROOT, "example_workflows")
 

@@ -10,7 +10,7 @@ BLOCK = """
 import sys
 for name in ("gradio", "comfy", "modules", "folder_paths", "matplotlib", "IPython"):
     sys.modules[name] = None  # importing any of them now raises ImportError
-import attnkit, attnkit.cli, attnkit.viz, attnkit.webui, attnkit.hostkernel, attnkit.comfyui
+import attnkit, attnkit.cli, attnkit.viz, attnkit.hosts.webui, attnkit.hosts.kernel, attnkit.hosts.comfyui
 from attnkit.methods import Observe
 print("ok")
 """

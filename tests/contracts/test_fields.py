@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from attnkit.methods import REGISTRY
-from attnkit.ui.fields import FIELDS, fields_for
+from attnkit.methods.fields import FIELDS, fields_for
 
 KINDS = {"bool", "int", "float", "choice", "words", "indices", "window", "windows", "grid", "thresholds", "masks"}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from attnkit.hostkernel import PATCH_HOOKS, runs_on_patches
+from attnkit.hosts.kernel import PATCH_HOOKS, runs_on_patches
 from attnkit.methods import DPL, P2P, PKA, REGISTRY, AStar, AttendExcite, Observe, StructuredGuidance
 from attnkit.methods.base import HOOKS
 
@@ -30,7 +30,7 @@ def test_what_runs_on_host_patches_follows_the_declarations():
 def test_a_method_the_patches_cannot_honour_is_refused_by_name():
     import attnkit
     from attnkit.errors import UnsupportedModelError
-    from attnkit.hostkernel import HostRun
+    from attnkit.hosts.kernel import HostRun
 
     pipe = attnkit.load_pipeline("tiny-sd15", device="cpu")
     with pytest.raises(UnsupportedModelError, match="p2p cannot run through ComfyUI's attention patches"):

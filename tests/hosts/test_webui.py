@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import attnkit
-from attnkit import webui
+from attnkit.hosts import webui
 from attnkit.methods import Observe, StructuredGuidance
 
-from . import hostsim
+from tests.hosts import hostsim
 
 PROMPT = "a red car and a white sheep"
 NEG = ""

@@ -17,9 +17,9 @@ from PIL import Image
 
 import attnkit
 from attnkit import AttnKitError, Interrupted, UnsupportedModelError, editing
-from attnkit.attention import attention_with_probs
-from attnkit.inversion import DDIM, NullTextConfig, cfg_step, ddim_invert, denoise, null_text_step
-from attnkit.processor import LayerProcessor
+from attnkit.core.attention import attention_with_probs
+from attnkit.editing.inversion import DDIM, NullTextConfig, cfg_step, ddim_invert, denoise, null_text_step
+from attnkit.core.processor import LayerProcessor
 
 SOURCE, TARGET = "a cat and a dog", "a cat and a fox"
 
@@ -178,7 +178,7 @@ def test_local_blend_keeps_the_source_latent_exactly_outside_the_mask(sd15):
     """The blend itself, on the step callback: ``z_tgt <- z_src + mask (z_tgt - z_src)``, exact where mask is 0."""
     from attnkit.methods.p2p import P2P
     from attnkit.runtime import Run
-    from attnkit.steps import StepInfo
+    from attnkit.core.steps import StepInfo
 
     run = Run(sd15, [P2P(blend_words=["dog"], start_blend=0.5)], prompt="a dog", target_prompt="a dog")
     controller = run.controllers[0]

@@ -10,10 +10,10 @@ from PIL import Image
 
 import attnkit
 from attnkit import AttnKitError, Condition, UnsupportedModelError
-from attnkit import flux_branches
+from attnkit.methods.pka import branches as flux_branches
 from attnkit.methods import PKA
-from attnkit.pka_training import Example, csas_timesteps, train_condition_lora
-from attnkit.processor import LayerProcessor
+from attnkit.methods.pka.training import Example, csas_timesteps, train_condition_lora
+from attnkit.core.processor import LayerProcessor
 
 PROMPT = "a cat sitting on a red sofa"
 KW = dict(num_inference_steps=3, height=64, width=64, max_sequence_length=32, output_type="np")

@@ -10,9 +10,9 @@ import attnkit
 from attnkit import AlreadyAttachedError, StepCallbackError
 from attnkit.methods import Observe
 from attnkit.models import denoiser_of
-from attnkit.processor import LayerProcessor
+from attnkit.core.processor import LayerProcessor
 
-from ..conftest import FAST, in_threads, plain, with_attnkit
+from tests.conftest import FAST, in_threads, plain, with_attnkit
 
 PROMPT = "a red car and a blue bird"
 

@@ -8,7 +8,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 import attnkit
 from attnkit.methods import Observe, StructuredConfig, StructuredGuidance
 
-from ..conftest import FAST, plain, with_attnkit
+from tests.conftest import FAST, plain, with_attnkit
 
 PROMPT = "a red car and a white sheep"
 
@@ -64,7 +64,7 @@ def test_nested_phrases_inner_wins_in_all_substituted(sd15):
 def _layer(pipe):
     unet = pipe.unet
     name = next(n for n in unet.attn_processors if "down_blocks.1" in n and "attn2" in n)
-    info = next(i for i in attnkit.layers.discover_layers(unet) if i.name == name)
+    info = next(i for i in attnkit.core.layers.discover_layers(unet) if i.name == name)
     return info, unet.get_submodule(info.module)
 
 

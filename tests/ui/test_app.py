@@ -12,7 +12,7 @@ from attnkit.methods import REGISTRY  # noqa: E402
 from attnkit.presets import Preset  # noqa: E402
 from attnkit.ui.panel import build_app, panel_fields, param_to_widget_value, word_choices  # noqa: E402
 
-from ..conftest import in_threads  # noqa: E402
+from tests.conftest import in_threads  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +384,7 @@ def test_progress_counts_the_steps_asked_for_with_inner_passes_and_the_baseline(
 
 def test_fields_are_typed_in_plain_formats_and_old_ones_still_read():
     from attnkit.errors import AttnKitError
-    from attnkit.ui.fields import fields_for
+    from attnkit.methods.fields import fields_for
     from attnkit.ui.panel import widget_value_to_param as read
 
     rows = {f.key: f for m in REGISTRY for f in fields_for(m)}

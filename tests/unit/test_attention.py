@@ -2,7 +2,7 @@
 
 import torch
 
-from attnkit.attention import flux_text_attention_probs, unet_cross_attention_probs
+from attnkit.core.attention import flux_text_attention_probs, unet_cross_attention_probs
 
 
 def test_unet_probs_match_diffusers_scores(sd15):
@@ -33,7 +33,7 @@ def test_unet_probs_with_mask(sd15):
 
 def _naive_flux(attn, hidden, text, rope, text_len):
     """Full joint softmax over [text; image] keys, all heads at once, image rows x text columns."""
-    from attnkit.attention import _flux_qk
+    from attnkit.core.attention import _flux_qk
 
     q, k = _flux_qk(attn, hidden, text, rope)
     q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, N, d)

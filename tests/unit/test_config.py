@@ -4,7 +4,7 @@ import pytest
 
 from attnkit import AttnKitError, StepInfo
 from attnkit.methods import Observe, ObserveConfig, get_method
-from attnkit.steps import check_window
+from attnkit.core.steps import check_window
 
 
 def test_step_info_progress_and_windows():

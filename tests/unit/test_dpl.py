@@ -20,7 +20,7 @@ from attnkit.methods.dpl import (
     normalise_map,
     target_words,
 )
-from attnkit.tokens import TokenMap
+from attnkit.core.tokens import TokenMap
 
 
 def test_attention_balance_is_the_worst_words_missing_peak():

@@ -58,7 +58,7 @@ def test_preset_to_methods_holds_the_cap():
 
 def test_occurrence_number_past_the_digit_limit_is_a_clear_error():
     from attnkit.models import clip_tokenizer
-    from attnkit.tokens import TokenMap
+    from attnkit.core.tokens import TokenMap
 
     tokens = TokenMap("a car and a car", clip_tokenizer(), 77)
     with pytest.raises(AttnKitError, match="occurrence number after '#' is too large"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnkit import hostkernel
+from attnkit.hosts import kernel as hostkernel
 from attnkit.errors import UnsupportedModelError
 from attnkit.methods import AStar, Observe
 
@@ -38,7 +38,7 @@ def test_cond_rows_follow_cond_or_uncond_chunks():
 
 
 def test_block_keys_and_grid_factors_follow_the_ldm_layout(sd15):
-    from ..hosts.hostsim import LdmUNet
+    from tests.hosts.hostsim import LdmUNet
 
     ldm = LdmUNet(sd15.unet)
     blocks = hostkernel.unet_blocks(ldm)

@@ -11,8 +11,8 @@ from diffusers.pipelines.deprecated.stable_diffusion_attend_and_excite.pipeline_
 )
 
 from attnkit import AttnKitError
-from attnkit.latent_guidance import aggregate, smooth, smoothing_kernel, step_sizes, token_maps
-from attnkit.layers import LayerInfo
+from attnkit.methods.latent import aggregate, smooth, smoothing_kernel, step_sizes, token_maps
+from attnkit.core.layers import LayerInfo
 from attnkit.methods import AStarConfig, AttendExciteConfig
 from attnkit.methods.a_star import binarise, retention_loss, segregation_loss
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from attnkit import AttnKitError
-from attnkit.layers import LayerInfo, choose_grid, discover_layers, grid_for
+from attnkit.core.layers import LayerInfo, choose_grid, discover_layers, grid_for
 from attnkit.models import denoiser_of
 
 

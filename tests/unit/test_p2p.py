@@ -8,8 +8,8 @@ import torch
 from attnkit import AttnKitError
 from attnkit.methods.p2p import P2PConfig, P2PEdit, Keys, global_alignment, refine_mapper, replace_mapper
 from attnkit.models import clip_tokenizer
-from attnkit.steps import StepInfo
-from attnkit.tokens import TokenMap
+from attnkit.core.steps import StepInfo
+from attnkit.core.tokens import TokenMap
 
 
 @pytest.fixture(scope="module")

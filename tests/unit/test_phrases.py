@@ -1,6 +1,6 @@
 """The rules noun-phrase parser on prompts written for this project.
 
-Expected phrases follow the conventions documented in attnkit/phrases.py (a constituency-style reading: every noun
+Expected phrases follow the conventions documented in attnkit/core/phrases.py (a constituency-style reading: every noun
 phrase of more than one word, nested ones included, outer before inner, left to right; the whole prompt left out).
 The expectations were written from the linguistics of each prompt, not from the parser's output: where the parser
 disagrees, the prompt stays here and is listed in KNOWN_MISSES with the reason.
@@ -9,7 +9,7 @@ disagrees, the prompt stays here and is listed in KNOWN_MISSES with the reason.
 import pytest
 
 from attnkit import AttnKitError
-from attnkit.phrases import constituency_spans, noun_phrases
+from attnkit.core.phrases import constituency_spans, noun_phrases
 
 CASES = {
     # CC-500 style: two coloured objects

@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from attnkit import pka_attention as pa
-from attnkit.pka_attention import Pattern, dense_mask, pka_attention, sdpa
+from attnkit.methods.pka import attention as pa
+from attnkit.methods.pka.attention import Pattern, dense_mask, pka_attention, sdpa
 
 B, T, GRID, H, D = 2, 5, (4, 4), 2, 16
 N = GRID[0] * GRID[1]

@@ -13,7 +13,7 @@ from PIL import Image
 from attnkit import AttnKitError
 from attnkit.methods import AStar, AttendExcite, Observe, StructuredGuidance
 from attnkit.presets import MAX_JSON_BYTES, Preset, PresetError, delete_preset, user_dir, user_presets
-from attnkit.ui.fields import fields_for
+from attnkit.methods.fields import fields_for
 
 WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
 

@@ -1,6 +1,6 @@
 """What a user sees of progress: the step count asked for, inner passes in words, time left."""
 
-from attnkit.steps import Progress, StepInfo, shown_step, work_text
+from attnkit.core.steps import Progress, StepInfo, shown_step, work_text
 
 
 def test_shown_step_counts_in_the_steps_asked_for():

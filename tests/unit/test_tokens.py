@@ -4,7 +4,7 @@ import pytest
 
 from attnkit import AttnKitError, WordNotFoundError
 from attnkit.models import clip_tokenizer, tiny_t5_tokenizer
-from attnkit.tokens import TokenMap, prompt_tokens
+from attnkit.core.tokens import TokenMap, prompt_tokens
 
 
 @pytest.fixture(scope="module")

@@ -372,7 +372,7 @@ def test_the_update_lands_on_the_latent_each_step_starts_from(comfy, sampler):
     import comfy.k_diffusion.sampling as k
     import comfy.samplers
 
-    from attnkit.comfyui import _Stepper, corrector_at_next_sigma
+    from attnkit.hosts.comfyui import _Stepper, corrector_at_next_sigma
 
     class Run:  # what _Stepper asks of a HostRun: a step clock, the updaters and their update
         def __init__(self):
@@ -515,7 +515,7 @@ def test_cancel_stops_a_latent_method_between_gradient_passes(executor):
     result = executor.run(g)
     assert not result.ok
     assert any(event == "execution_interrupted" for event, _ in result.messages)
-    from attnkit.hostkernel import unet_blocks
+    from attnkit.hosts.kernel import unet_blocks
 
     blocks = len(unet_blocks(executor.output("ckpt", 0).model.diffusion_model))  # one pass calls each at most once
     assert len(other.CancelInGradientPass.GRAD_CALLS) < blocks, other.CancelInGradientPass.GRAD_CALLS

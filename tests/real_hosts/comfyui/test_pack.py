@@ -124,7 +124,7 @@ def test_words_sit_where_the_slow_comfyui_tokenizer_puts_them(comfy, prompt):
     word the positions the fast tokenizer built from the same files gives it."""
     from transformers import CLIPTokenizer, CLIPTokenizerFast
 
-    from attnkit.tokens import TokenMap
+    from attnkit.core.tokens import TokenMap
 
     files = os.path.join(host.COMFY, "comfy", "sd1_tokenizer")
     slow, fast = CLIPTokenizer.from_pretrained(files), CLIPTokenizerFast.from_pretrained(files)

@@ -206,7 +206,7 @@ def test_hires_pass_is_the_hosts_unless_ticked(a1111, slow_tokenizer):
 
 
 def test_sd2_uses_the_open_clip_tokenizer(a1111, slow_tokenizer):
-    from attnkit.webui import OpenClipTokenizer, find_tokenizer
+    from attnkit.hosts.webui import OpenClipTokenizer, find_tokenizer
 
     p = Processing(SD2Model(slow_tokenizer), PROMPT + ", 4k photo", steps=3)
     tok = find_tokenizer(p.sd_model)
@@ -221,7 +221,7 @@ def test_sd2_uses_the_open_clip_tokenizer(a1111, slow_tokenizer):
 
 
 def test_an_error_inside_sampling_is_one_note(a1111, slow_tokenizer, monkeypatch):
-    from attnkit.hostkernel import HostRun
+    from attnkit.hosts.kernel import HostRun
 
     def failing(self, q, k, v, extra_options, previous=None):
         raise ValueError("bad shape")

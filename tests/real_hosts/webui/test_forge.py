@@ -141,7 +141,7 @@ def args_for(**methods):
 
 def control_args(hires=False, **methods):
     """The script's positional control values (as the UI sends them) with ``methods`` enabled at their defaults."""
-    from attnkit import webui
+    from attnkit.hosts import webui
     from attnkit.ui.panel import param_to_widget_value
 
     values = []
@@ -200,7 +200,7 @@ def test_a_run_warning_is_a_note_under_the_image(forge):
 def test_another_extensions_replace_and_a_later_clone(forge):
     """Theirs (set on the host's patcher before attnkit) still computes every block; another script cloning the
     unet after attnkit (Forge deep-copies ``model_options``) does not cut attnkit off."""
-    from attnkit.hostkernel import unet_block_keys
+    from attnkit.hosts.kernel import unet_block_keys
 
     calls = []
 
@@ -274,7 +274,7 @@ def test_batch_count_heatmaps_go_over_their_own_images(forge, monkeypatch):
 
 
 def test_an_error_inside_sampling_is_one_note_and_the_image_is_finished(forge, monkeypatch):
-    from attnkit.hostkernel import HostRun
+    from attnkit.hosts.kernel import HostRun
 
     seen = []
     real = HostRun._attn2_replace

@@ -67,7 +67,7 @@ def paste_values(paste, fields, text):
 def attnkit_infotext():
     from attnkit import Preset
     from attnkit.methods import Observe, StructuredGuidance
-    from attnkit.webui import JobOptions, infotext_params
+    from attnkit.hosts.webui import JobOptions, infotext_params
 
     methods = [StructuredGuidance(), Observe(words=["car", "sheep"])]
     params = infotext_params(methods, JobOptions())
@@ -78,7 +78,7 @@ def attnkit_infotext():
 
 def test_paste_restores_attnkit_controls(sdnext_paste):
     paste, script, _ = sdnext_paste
-    from attnkit import webui
+    from attnkit.hosts import webui
 
     values = paste_values(paste, script.infotext_fields, attnkit_infotext())
     names = [c.name for c in webui.controls()]

@@ -31,7 +31,7 @@ POSITIONS = r"""
 import json, sys
 import transformers
 from transformers import CLIPTokenizer
-from attnkit.tokens import TokenMap
+from attnkit.core.tokens import TokenMap
 out = {"version": transformers.__version__, "maps": {}}
 for key, folder in json.loads(sys.argv[1]).items():
     tok = CLIPTokenizer.from_pretrained(folder)
@@ -58,7 +58,7 @@ def positions_under(extra_path: str | None) -> dict:
 def fast_positions() -> dict:
     from transformers import CLIPTokenizerFast
 
-    from attnkit.tokens import TokenMap
+    from attnkit.core.tokens import TokenMap
 
     out = {}
     for key, parts in DIRS.items():

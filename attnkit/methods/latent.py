@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import AttnKitError
-from .layers import choose_grid
-from .methods.base import Controller
-from .steps import StepInfo
+from ..core.layers import choose_grid
+from ..core.steps import StepInfo
+from ..errors import AttnKitError
+from .base import Controller
 
 SMOOTHING = ("diffusers", "gaussian", "none")
 _BLOCK_ORDER = {"up": 0, "down": 1, "mid": 2}  # diffusers' store concatenates up, down, mid

@@ -19,7 +19,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
-from .errors import AttnKitError, WordCutOffError, WordNotFoundError
+from ..errors import AttnKitError, WordCutOffError, WordNotFoundError
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*", re.UNICODE)
 _OCCURRENCE = re.compile(r"^(?P<text>.*?)#(?P<n>[0-9]+)$")

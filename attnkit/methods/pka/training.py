@@ -24,8 +24,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import AttnKitError
-from .flux_branches import Condition, ConditionAdapters
+from ...errors import AttnKitError
+from .branches import Condition, ConditionAdapters
 
 logger = logging.getLogger("attnkit")
 
@@ -73,7 +73,7 @@ def _targets(transformer) -> list[str]:
 
 
 def _latents(pipe, image, size: tuple[int, int]) -> torch.Tensor:
-    from .flux_branches import encode_condition
+    from .branches import encode_condition
 
     factor = getattr(pipe, "vae_scale_factor", 8) * 2
     return encode_condition(pipe, image, (size[0] // factor, size[1] // factor))
@@ -100,9 +100,9 @@ def train_condition_lora(pipe, examples: list[Example], steps: int = 100, rank: 
     Returns:
         :class:`TrainingResult`. The transformer is left as it was (the adapter is removed, gradient flags restored).
     """
-    from .methods.pka import PKA
-    from .models import family_of
-    from .runtime import Run
+    from ...models import family_of
+    from ...runtime import Run
+    from . import PKA
 
     if family_of(pipe) != "flux":
         raise AttnKitError("condition LoRAs are for Flux pipelines")

@@ -5,9 +5,9 @@ Keyword-Scoped Attention", arXiv 2602.06850 (Feb 2026). No code was released: th
 project's method notes (what is not in the abstract is marked there as a reconstruction).
 
 Conditions (canny, depth, a subject photo...) enter a Flux transformer as extra token groups, OminiControl-style
-(:mod:`attnkit.flux_branches`). With ``mode="full"`` every token attends to every token (the "concatenate and
+(:mod:`attnkit.methods.pka.branches`). With ``mode="full"`` every token attends to every token (the "concatenate and
 attend" baseline: its cost grows with the square of the conditions' tokens). With ``mode="pka"``
-(:mod:`attnkit.pka_attention`):
+(:mod:`attnkit.methods.pka.attention`):
 
 - text and image tokens attend to each other as in Flux;
 - **position-aligned attention**: an image token sees, of each spatial condition, only the token(s) at its own
@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attention import flux_qkv, rope
-from ..errors import AttnKitError, UnsupportedModelError
-from ..flux_branches import (
+from ...core.attention import flux_qkv, rope
+from ...errors import AttnKitError, UnsupportedModelError
+from ..base import Controller, Method
+from .attention import Pattern, pka_attention, sdpa
+from .branches import (
     Condition,
     ConditionAdapters,
     branch_finish,
@@ -40,8 +42,6 @@ from ..flux_branches import (
     condition_temb,
     encode_condition,
 )
-from ..pka_attention import Pattern, pka_attention, sdpa
-from .base import Controller, Method
 
 MODES = ("pka", "full")
 MAX_CONDITIONS = 32  # [ours] a bound for shared settings

@@ -39,7 +39,7 @@ import importlib.util
 import re
 from dataclasses import dataclass, field
 
-from .errors import AttnKitError
+from ..errors import AttnKitError
 
 PARSERS = ("rules", "stanza", "spacy")
 

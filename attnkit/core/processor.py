@@ -17,7 +17,7 @@ class LayerProcessor:
 
     Args:
         inner: the layer's original processor; every call is delegated to it.
-        layer: the layer's :class:`~attnkit.layers.LayerInfo`.
+        layer: the layer's :class:`~attnkit.core.layers.LayerInfo`.
         run: the run whose methods may read this layer.
     """
 

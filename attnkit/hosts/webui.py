@@ -7,7 +7,7 @@ registry); nothing here imports a host. The single ``scripts/attnkit_webui.py`` 
   ``forge_objects`` (Forge), an ldm ``model.diffusion_model`` (A1111).
 - :class:`SDNextJob` attaches the diffusers runtime (:class:`attnkit.Run`) to ``p.sd_model`` for one pipeline call,
   chaining SD.Next's own step callback first (progress, interrupt, NaN checks keep working); every method runs.
-- :class:`ForgeJob` clones ``forge_objects.unet`` and installs the attention patches of :mod:`attnkit.hostkernel`
+- :class:`ForgeJob` clones ``forge_objects.unet`` and installs the attention patches of :mod:`attnkit.hosts.kernel`
   on the clone; :class:`A1111Job` swaps the ``forward`` of each ``attn2`` module instance for the same kernel while
   sampling runs. Both run ``observe`` and ``structured``; a latent-optimising method is reported and left out.
 - Infotext: one compact ``AttnKit`` key (the preset's share code) plus readable mirror keys; :func:`expand_infotext`
@@ -28,11 +28,11 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import AttnKitError, UnsupportedModelError, one_line
-from .hostkernel import HostRun, install_patches, runs_on_patches, strip_weights, unet_block_keys, unet_blocks
-from .methods import REGISTRY
-from .presets import Preset, PresetError
-from .ui.fields import FIELDS, Field
+from ..errors import AttnKitError, UnsupportedModelError, one_line
+from ..methods import REGISTRY
+from ..methods.fields import FIELDS, Field
+from ..presets import Preset, PresetError
+from .kernel import HostRun, install_patches, runs_on_patches, strip_weights, unet_block_keys, unet_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def read_args(args) -> tuple[bool, list, JobOptions, list[str]]:
     code or JSON) first and optionally the words second: ``"alwayson_scripts": {"AttnKit": {"args": ["ak1...",
     "car, sheep"]}}``.
     """
-    from .ui.panel import methods_from_controls
+    from ..ui.panel import methods_from_controls
 
     args = list(args)
     if args and isinstance(args[0], (str, dict)) and not isinstance(args[0], bool):
@@ -177,7 +177,7 @@ def expand_infotext(params: dict[str, Any]) -> None:
         params.pop(INFOTEXT_KEY, None)
         return
     params[ENABLED_KEY] = str(bool(preset.methods))
-    from .ui.panel import param_to_widget_value
+    from ..ui.panel import param_to_widget_value
 
     chosen = dict(preset.methods)
     for c in controls():
@@ -438,7 +438,7 @@ class Job:
         Each batch's images get the maps of that batch's last pass (the hires pass when it ran with attnkit): batch
         ``i`` holds images ``i * rows`` to ``(i + 1) * rows - 1``, ``rows`` being the maps' batch rows.
         """
-        from .viz import heatmap_grid
+        from ..viz import heatmap_grid
 
         last: dict[int, Any] = {}
         for (iteration, _), report in sorted(self.passes, key=lambda item: item[0]):
@@ -480,7 +480,7 @@ class SDNextJob(Job):
             self._undo.insert(0, lambda: data.__setitem__("prompt_attention", saved))
 
     def apply(self, prompts=None) -> None:
-        from .runtime import Run
+        from ..runtime import Run
 
         p, pipe = self.p, self.p.sd_model
         if self.run is not None and self.run._saved is not None:  # the previous batch's call did not finish

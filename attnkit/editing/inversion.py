@@ -24,10 +24,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import AttnKitError, check_stop
-from .layers import choose_grid
-from .methods.base import Controller, Method
-from .methods.dpl import DPLConfig
+from ..core.layers import choose_grid
+from ..errors import AttnKitError, check_stop
+from ..methods.base import Controller, Method
+from ..methods.dpl import DPLConfig
 
 MAX_NULL_ITERATIONS = 200  # [ours] a cap for shared presets
 
@@ -159,7 +159,7 @@ def ddim_invert(pipe, ddim: DDIM, z0: torch.Tensor, cond: torch.Tensor, record: 
 
     With ``record``, attnkit is attached meanwhile and records the averaged maps of :class:`InversionMaps`.
     """
-    from .runtime import Run
+    from ..runtime import Run
 
     run = None
     if record is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import AttnKitError
+from ..errors import AttnKitError
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .errors import AttnKitError, UnsupportedModelError, one_line
+from ..core.steps import StepInfo
+from ..core.tokens import TokenMap
+from ..errors import AttnKitError, UnsupportedModelError, one_line
+from ..methods.dpl import DPL, DPLConfig, DynamicPrompt, background_mask, dynamic_words, target_words
+from ..methods.p2p import P2P, Keys, P2PConfig, P2PEdit
+from ..models import family_of
 from .inversion import DDIM, NullTextConfig, cfg_step, check_stop, ddim_invert, denoise, null_text_step
-from .methods.dpl import DPL, DPLConfig, DynamicPrompt, background_mask, dynamic_words, target_words
-from .methods.p2p import P2P, Keys, P2PConfig, P2PEdit
-from .models import family_of
-from .steps import StepInfo
-from .tokens import TokenMap
 
 logger = logging.getLogger("attnkit")
 
@@ -97,13 +97,13 @@ class EditResult:
 
     def before_after(self):
         """A labelled grid: input, reconstruction, edit."""
-        from .viz import image_row
+        from ..viz import image_row
 
         return image_row([self.source, self.reconstruction, self.images[0]], ["input", "reconstruction", "edited"])
 
     def maps_image(self):
         """A labelled grid of each dynamic word's inversion map and the background mask over the input."""
-        from .viz import heatmap_grid
+        from ..viz import heatmap_grid
 
         maps = {w: m[None] if m.ndim == 2 else m for w, m in self.report.maps.items()}
         if self.report.background is not None:
@@ -153,7 +153,7 @@ def parse_scales(text: str | None, label: str) -> dict[str, float]:
 
 def parse_window(text: str, label: str) -> tuple[float, float]:
     """``"0-0.8"`` (also ``"0 to 0.8"``, ``"0, 0.8"``) -> ``(0.0, 0.8)``: the text form of a step window."""
-    from .steps import parse_range
+    from ..core.steps import parse_range
 
     return parse_range(text, label, example="0-0.8")
 
@@ -407,7 +407,7 @@ def edit(
         dpl_run = None
         try:
             if words:
-                from .runtime import Run
+                from ..runtime import Run
 
                 dpl_run = Run(pipe, [dpl], cfg=False, num_steps=steps)
                 dpl_run.install()
@@ -505,7 +505,7 @@ def _p2p_loop(pipe, ddim: DDIM, p2p: P2P, source_prompt: str, sequences, start: 
               conds_tgt, guidance: float, progress, stop):
     """Denoise ``[source, target]`` from ``start`` with the P2P controller; returns the final ``(2, C, h, w)``
     latents and the controller's report."""
-    from .runtime import Run
+    from ..runtime import Run
 
     steps = ddim.steps
     run = Run(pipe, [p2p], prompt=source_prompt, sequences=sequences, cfg=True, num_steps=steps)
@@ -547,7 +547,7 @@ def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, edit: str | P
     """
     from diffusers.utils.torch_utils import randn_tensor
 
-    from .runtime import Result, attach, check_call
+    from ..runtime import Result, attach, check_call
 
     method = _p2p_method(edit, {k: kwargs.pop(k) for k in list(kwargs) if k in _P2P_FIELDS})
     for name in ("prompt", "num_images_per_prompt", "latents"):

@@ -7,7 +7,7 @@ ComfyUI objects come in as arguments (the MODEL's ``ModelPatcher``, the ``CLIP``
   positions against ComfyUI's own tokenisation of the first 77-token chunk.
 - :func:`apply` clones the MODEL and installs, on the clone only: ``attn2_patch``/``attn2_replace`` on every
   transformer block (a replace another pack put there is wrapped and still computes that block's output), and a
-  ``SAMPLER_SAMPLE`` wrapper that gives every sampling run a fresh :class:`~attnkit.hostkernel.HostRun`.
+  ``SAMPLER_SAMPLE`` wrapper that gives every sampling run a fresh :class:`~attnkit.hosts.kernel.HostRun`.
 - Latent-optimising methods (``attend_excite``, ``a_star``): the wrapper hands the sampler a proxy of its model
   function that, at each step's own model call (:class:`_Stepper`: not a 2nd-order sampler's extra calls), leaves
   inference mode, runs the methods' gradient passes through ComfyUI's own conditional forward, and writes the
@@ -28,10 +28,10 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import AttnKitError, UnsupportedModelError
-from .hostkernel import HostRun, install_patches, sdpa_heads, strip_weights, unet_blocks
-from .steps import StepInfo
-from .tokens import TokenMap
+from ..core.steps import StepInfo
+from ..core.tokens import TokenMap
+from ..errors import AttnKitError, UnsupportedModelError
+from .kernel import HostRun, install_patches, sdpa_heads, strip_weights, unet_blocks
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from .attention import flux_qkv, rope
-from .errors import AttnKitError
+from ...core.attention import flux_qkv, rope
+from ...errors import AttnKitError
 
 KINDS = ("spatial", "subject")
 
@@ -75,7 +75,7 @@ class Condition:
 
 def encode_condition(pipe, image, grid: tuple[int, int]) -> torch.Tensor:
     """``(1, N, C)`` packed latent tokens of ``image`` on the token ``grid`` ``(h, w)`` of the generation."""
-    from .editing import load_image, pixels
+    from ...editing import load_image, pixels
 
     vae = pipe.vae
     factor = getattr(pipe, "vae_scale_factor", 8) * 2

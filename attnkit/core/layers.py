@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import AttnKitError
+from ..errors import AttnKitError
 
 
 @dataclass(frozen=True)

@@ -37,14 +37,14 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .errors import AttnKitError, UnsupportedModelError
-from .layers import LayerInfo, grid_for
-from .methods.base import Controller, Method
-from .methods.observe import ObserveController
-from .methods.structured import StructuredController
-from .runtime import Report, _StopForward
-from .steps import StepInfo
-from .tokens import PromptTokens, TokenMap
+from ..core.layers import LayerInfo, grid_for
+from ..core.steps import StepInfo
+from ..core.tokens import PromptTokens, TokenMap
+from ..errors import AttnKitError, UnsupportedModelError
+from ..methods.base import Controller, Method
+from ..methods.observe import ObserveController
+from ..methods.structured import StructuredController
+from ..runtime import Report, _StopForward
 
 logger = logging.getLogger(__name__)
 
