@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .base import Controller, Method, MethodReport
 from .a_star import AStar, AStarConfig
 from .attend_excite import AttendExcite, AttendExciteConfig
+from .base import Controller, Method, MethodReport
 from .dpl import DPL, DPLConfig
 from .observe import Observe, ObserveConfig
 from .p2p import P2P, P2PConfig

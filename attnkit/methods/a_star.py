@@ -30,6 +30,7 @@ from ..core.steps import check_window
 from ..errors import AttnKitError
 from .attend_excite import _check_common, _whole
 from .base import Method, check_ranges
+from .fields import Field
 from .latent import LatentController
 
 
@@ -171,3 +172,27 @@ class AStar(Method):
     attention = frozenset({"read"})
     needs_gradient = True
     needs_words = True
+    #: the options users see: labels, kinds, ranges (this method's rows of the field table)
+    fields = (
+        Field("a_star", "words", "Concept words", "words", None, "the concepts to keep apart and alive"),
+        Field("a_star", "token_indices", "Token positions", "indices", None,
+              "positions of the concept tokens instead of words, e.g. 2, 5 (the start token is 0, the first word 1)",
+              advanced=True, limit=16),
+        Field("a_star", "tau", "Retention threshold", "float", 0.5,
+              "fraction of a map's max that counts as the concept's area", minimum=0.05, maximum=0.95, step=0.05),
+        Field("a_star", "scale_factor", "Step size", "float", 20.0, "scale of the latent update",
+              minimum=0.5, maximum=100.0, step=0.5),
+        Field("a_star", "steps", "Optimised steps", "window", (0.0, 1.0),
+              "the part of the run that is optimised, as from-to fractions: 0-1 the whole run, 0-0.5 the first half"),
+        Field("a_star", "iterations", "Iterations per step", "int", 1, "gradient steps per optimised step",
+              minimum=1, maximum=20, step=1, advanced=True),
+        Field("a_star", "attn_res", "Map resolution", "grid", None,
+              "the grid of the maps the losses read; auto: the image's size / 32", advanced=True),
+        Field("a_star", "smoothing", "Smoothing", "choice", "diffusers",
+              "how the maps are blurred: diffusers' kernel (the reference), a true Gaussian, or none",
+              choices=("diffusers", "gaussian", "none"), advanced=True),
+        Field("a_star", "masks", "Layout masks", "masks", None, "one 0/1 grid per word, in place of retention masks",
+              panel=False, limit=16),
+        Field("a_star", "measure_after_update", "Measure loss after update", "bool", False,
+              "one more forward per step, to report the loss after each update", advanced=True),
+    )

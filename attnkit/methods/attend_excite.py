@@ -23,6 +23,7 @@ import torch
 
 from ..errors import AttnKitError
 from .base import Method, check_ranges
+from .fields import Field
 from .latent import SMOOTHING, LatentController
 
 MAX_STEPS = 1000  # most threshold steps; the numbers' ranges are the field table's (check_ranges)
@@ -150,3 +151,25 @@ class AttendExcite(Method):
     attention = frozenset({"read"})
     needs_gradient = True
     needs_words = True
+    #: the options users see: labels, kinds, ranges (this method's rows of the field table)
+    fields = (
+        Field("attend_excite", "words", "Subject words", "words", None, "the subjects that must appear"),
+        Field("attend_excite", "token_indices", "Token positions", "indices", None,
+              "positions of the subject tokens instead of words, e.g. 2, 5 (the start token is 0, the first word 1)",
+              advanced=True, limit=16),
+        Field("attend_excite", "max_iter_to_alter", "Optimised steps", "int", 25,
+              "the first n steps each nudge the latent once", minimum=0, maximum=200, step=1),
+        Field("attend_excite", "thresholds", "Refinement thresholds", "thresholds", {0: 0.05, 10: 0.5, 20: 0.8},
+              "step: threshold pairs, e.g. 0: 0.05, 10: 0.5; at those steps it retries until every subject's "
+              "attention peak reaches the threshold", advanced=True, limit=16),
+        Field("attend_excite", "scale_factor", "Step size", "float", 20.0, "scale of the latent update",
+              minimum=0.5, maximum=100.0, step=0.5),
+        Field("attend_excite", "attn_res", "Map resolution", "grid", None,
+              "the grid of the maps the loss reads; auto: the image's size / 32", advanced=True),
+        Field("attend_excite", "smoothing", "Smoothing", "choice", "diffusers",
+              "how the maps are blurred before their peaks are read: diffusers' kernel (the reference), a true "
+              "Gaussian, or none", choices=("diffusers", "gaussian", "none"), advanced=True),
+        Field("attend_excite", "max_refinement_steps", "Refinement tries", "int", 20,
+              "at most this many retries at each threshold step",
+              minimum=0, maximum=50, step=1, advanced=True),
+    )

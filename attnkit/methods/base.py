@@ -170,6 +170,8 @@ class Method:
     needs_gradient: ClassVar[bool] = False
     #: it acts on the target words (or token positions) its options name, and does nothing without them.
     needs_words: ClassVar[bool] = False
+    #: the options users see (rows of the field table, :mod:`attnkit.methods.fields`), beside the config they describe.
+    fields: ClassVar[tuple] = ()
 
     def __init__(self, config=None, **fields):
         if config is not None and fields:

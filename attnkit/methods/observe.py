@@ -21,6 +21,7 @@ from ..core.layers import choose_grid
 from ..core.steps import check_window
 from ..errors import AttnKitError, WordCutOffError
 from .base import Controller, Method
+from .fields import Field
 
 
 @dataclass
@@ -172,3 +173,13 @@ class Observe(Method):
     attention = frozenset({"read"})
     config_class = ObserveConfig
     controller_class = ObserveController
+    #: the options users see: labels, kinds, ranges (this method's rows of the field table)
+    fields = (
+        Field("observe", "words", "Words", "words", None,
+              "words or phrases to map; empty: the picked words, or every word when none is picked"),
+        Field("observe", "resolution", "Map resolution", "grid", None,
+              "the grid the maps are averaged at; auto: the coarsest grid that still localises"),
+        Field("observe", "steps", "Map steps", "windows", [(0.0, 1.0)],
+              "one set of maps per part of the run, as from-to fractions: 0-1 the whole run, 0-0.5, 0.5-1 two halves",
+              advanced=True, limit=8),
+    )

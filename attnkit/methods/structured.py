@@ -35,6 +35,7 @@ from ..core.phrases import PARSERS, Phrase, noun_phrases
 from ..core.steps import check_window
 from ..errors import AttnKitError, UnsupportedModelError
 from .base import Controller, Method
+from .fields import Field
 
 MAX_PHRASES = 32  # [ours] a bound on extra text encodings and conjunction keys for shared presets
 
@@ -245,3 +246,21 @@ class StructuredGuidance(Method):
     controller_class = StructuredController
     families = ("sd", "sdxl")
     attention = frozenset({"text"})
+    #: the options users see: labels, kinds, ranges (this method's rows of the field table)
+    fields = (
+        Field("structured", "parser", "Phrase parser", "choice", "rules",
+              "how noun phrases are found (stanza and spacy need their models installed)",
+              choices=("rules", "stanza", "spacy")),
+        Field("structured", "phrases", "Phrases", "words", None,
+              "noun phrases to use instead of the parser's, e.g. a red car, a white sheep; empty: the parser "
+              "finds them"),
+        Field("structured", "conjunction", "Conjunction mode", "bool", False,
+              "many keys and one value (for 'A and B' prompts) instead of one key and many values"),
+        Field("structured", "conjunction_first_key", "Conjunction first key", "choice", "official",
+              "which text gives the first key: the official code's (every phrase substituted) or the paper's (the "
+              "prompt itself)",
+              choices=("official", "prompt"), choice_labels=("as the official code", "as the paper"), advanced=True),
+        Field("structured", "steps", "Active steps", "window", (0.0, 1.0),
+              "the part of the run in which it acts, as from-to fractions: 0-1 the whole run, 0-0.5 the first half",
+              advanced=True),
+    )
