@@ -16,7 +16,7 @@ from attnkit.hosts import kernel as hostkernel
 from attnkit.core.attention import unet_cross_attention_probs
 from attnkit.methods import Observe, StructuredGuidance
 
-from tests.comfy.conftest import ROOT
+from .conftest import ROOT
 
 PROMPT = "a red car and a white sheep"
 

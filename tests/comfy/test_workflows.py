@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.comfy.conftest import ROOT
+from .conftest import ROOT
 
 FOLDER = os.path.join(ROOT, "example_workflows")
 

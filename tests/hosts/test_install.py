@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from tests.hosts.conftest import ROOT, load_file
+from .conftest import ROOT, load_file
 
 HOST_OWNED = ("torch", "diffusers", "transformers", "gradio")
 

@@ -14,7 +14,7 @@ import attnkit
 from attnkit.hosts import webui
 from attnkit.methods import Observe, StructuredGuidance
 
-from tests.hosts import hostsim
+from . import hostsim
 
 PROMPT = "a red car and a white sheep"
 NEG = ""

@@ -11,7 +11,7 @@ import attnkit
 from attnkit.methods import AStar, AttendExcite, Observe, StructuredGuidance
 from attnkit.methods.a_star import AStarController
 
-from tests.conftest import FAST, plain, with_attnkit
+from ..conftest import FAST, plain, with_attnkit
 
 PROMPT = "a cat and a frog"
 

@@ -10,7 +10,7 @@ import attnkit
 from attnkit import ModelLoadError, UnsupportedModelError
 from attnkit.models import _checkpoint_family, family_of, is_tiny
 
-from tests.conftest import plain
+from ..conftest import plain
 
 CLASSES = {"sd15": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline, "flux": FluxPipeline}
 FAMILY = {"sd15": "sd", "sdxl": "sdxl", "flux": "flux"}
@@ -95,7 +95,7 @@ def test_single_file_family_detection(tmp_path):
 
 
 def test_load_single_file_checkpoint(sd15, tmp_path):
-    from tests.original_format import sd_to_original
+    from ..original_format import sd_to_original
 
     sd15.save_pretrained(tmp_path / "config")
     save_file(sd_to_original(sd15), str(tmp_path / "tiny-sd15.safetensors"))

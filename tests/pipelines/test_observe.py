@@ -7,7 +7,7 @@ import torch
 import attnkit
 from attnkit.methods import Observe
 
-from tests.conftest import FAST, with_attnkit
+from ..conftest import FAST, with_attnkit
 
 PROMPT = "a red car and a blue bird"
 

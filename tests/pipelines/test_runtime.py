@@ -12,7 +12,7 @@ from attnkit.methods import Observe
 from attnkit.models import denoiser_of
 from attnkit.core.processor import LayerProcessor
 
-from tests.conftest import FAST, in_threads, plain, with_attnkit
+from ..conftest import FAST, in_threads, plain, with_attnkit
 
 PROMPT = "a red car and a blue bird"
 

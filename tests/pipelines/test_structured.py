@@ -8,7 +8,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 import attnkit
 from attnkit.methods import Observe, StructuredConfig, StructuredGuidance
 
-from tests.conftest import FAST, plain, with_attnkit
+from ..conftest import FAST, plain, with_attnkit
 
 PROMPT = "a red car and a white sheep"
 

@@ -9,7 +9,7 @@ import attnkit
 from attnkit import AttnKitError
 from attnkit.methods import AStar, AttendExcite, Observe
 
-from tests.conftest import FAST
+from ..conftest import FAST
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -12,7 +12,7 @@ from attnkit.methods import REGISTRY  # noqa: E402
 from attnkit.presets import Preset  # noqa: E402
 from attnkit.ui.panel import build_app, panel_fields, param_to_widget_value, word_choices  # noqa: E402
 
-from tests.conftest import in_threads  # noqa: E402
+from ..conftest import in_threads  # noqa: E402
 
 
 @pytest.fixture(scope="module")

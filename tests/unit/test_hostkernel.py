@@ -38,7 +38,7 @@ def test_cond_rows_follow_cond_or_uncond_chunks():
 
 
 def test_block_keys_and_grid_factors_follow_the_ldm_layout(sd15):
-    from tests.hosts.hostsim import LdmUNet
+    from ..hosts.hostsim import LdmUNet
 
     ldm = LdmUNet(sd15.unet)
     blocks = hostkernel.unet_blocks(ldm)

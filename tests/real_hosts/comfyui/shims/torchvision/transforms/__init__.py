@@ -1,6 +1,6 @@
 """``torchvision.transforms`` of the import-only stand-in (why: see ``torchvision/__init__.py`` one folder up)."""
 
-from tests.real_hosts.comfyui.shims.torchvision import __getattr__ as _refuse
+from .. import __getattr__ as _refuse
 
 
 def __getattr__(name):
