@@ -333,6 +333,43 @@ class Run:
             out["latents"] = self.update_latents(latents, nxt, timesteps[self._next_index])
         return out
 
+    # ------------------------------------------------------------------------------ for loops driven by hand
+
+    def end_step(self, latents: torch.Tensor | None = None) -> torch.Tensor | None:
+        """End the step the last denoiser call began, in a loop that calls the denoiser itself (inversion, editing,
+        training), as a pipeline's step callback would; returns ``latents`` as the methods left them for the next
+        step (a latent-optimising or blending method may change them)."""
+        if self.step is None:
+            raise StepCallbackError("end_step() was called with no denoiser call in the step; call the denoiser first")
+        out = self.callback(self.pipe, self.step.index, self.step.timestep,
+                            {"latents": latents} if latents is not None else {})
+        return out.get("latents", latents)
+
+    @property
+    def installed(self) -> bool:
+        """Whether attnkit's processors are on the denoiser now."""
+        return self._saved is not None
+
+    @property
+    def step_count(self) -> int:
+        """The run's number of steps (the pipeline's denoiser steps; ``num_steps`` when given)."""
+        return self._count()
+
+    @property
+    def in_own_pass(self) -> bool:
+        """Whether the denoiser is running one of attnkit's own passes (a gradient pass, generate()'s dry call),
+        which end early by design: a host watching for failed denoiser calls ignores those."""
+        return self._grad is not None or self._capture
+
+    @property
+    def text_length(self) -> int | None:
+        """Text tokens of the denoiser call in progress (Flux's joint sequence: where the image tokens start)."""
+        return self._call.text_len if self._call is not None else None
+
+    def denoiser_called(self, module, args, kwargs) -> None:
+        """Tell the run of a denoiser call it did not see (a host that installs at the first call, inside it)."""
+        self._on_denoiser_call(module, args, kwargs)
+
     def call_kwargs(self, user_callback=None) -> dict:
         """Keyword arguments that wire this run into a pipeline call: ``pipe(prompt, **run.call_kwargs())``."""
         kwargs: dict[str, Any] = {"callback_on_step_end": self.chained_callback(user_callback)}

@@ -520,7 +520,7 @@ def _p2p_loop(pipe, ddim: DDIM, p2p: P2P, source_prompt: str, sequences, start: 
                 out = denoise(pipe, torch.cat([latents, latents]), t, text)
                 uncond, cond = out.chunk(2)
                 latents = ddim.step(uncond + guidance * (cond - uncond), t, latents)
-                latents = run.callback(pipe, i, t, {"latents": latents}).get("latents", latents)
+                latents = run.end_step(latents)
                 progress("edit", i + 1)
     finally:
         run.uninstall()

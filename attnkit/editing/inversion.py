@@ -177,7 +177,7 @@ def ddim_invert(pipe, ddim: DDIM, z0: torch.Tensor, cond: torch.Tensor, record: 
                 latent = ddim.invert_step(out, t, latent)
                 latents.append(latent)
                 if run is not None:
-                    run.callback(pipe, i, t, {})
+                    run.end_step()
                 if on_step is not None:
                     on_step(i)
     finally:

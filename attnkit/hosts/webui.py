@@ -483,7 +483,7 @@ class SDNextJob(Job):
         from ..runtime import Run
 
         p, pipe = self.p, self.p.sd_model
-        if self.run is not None and self.run._saved is not None:  # the previous batch's call did not finish
+        if self.run is not None and self.run.installed:  # the previous batch's call did not finish
             self.run.uninstall()
         data = getattr(self.opts, "data", None)
         fixed = isinstance(data, dict) and data.get("prompt_attention") == "fixed"
@@ -503,9 +503,9 @@ class SDNextJob(Job):
             # the scripts' process_batch: attnkit wraps what the denoiser has when it is first called, and
             # uninstall puts exactly that back.
             first.remove()
-            if run._saved is None:
+            if not run.installed:
                 run.install()
-                run._on_denoiser_call(module, args, kwargs)
+                run.denoiser_called(module, args, kwargs)
 
         first = run.denoiser.register_forward_pre_hook(install_at_first_call, with_kwargs=True, prepend=True)
         self._undo.append(first.remove)
@@ -523,7 +523,7 @@ class SDNextJob(Job):
             except BaseException:
                 self.restore()
                 raise
-            if step_index + 1 >= run._count():
+            if step_index + 1 >= run.step_count:
                 count_seen["done"] = True
                 self.finish()
             return {**kwargs, **out} if host_cb is None else out
@@ -531,7 +531,7 @@ class SDNextJob(Job):
         def after_forward(module, args, kwargs, output):
             # the denoiser raised (out of memory, interrupted...): put everything back now. attnkit's own gradient
             # passes end early by raising too; those are not failures.
-            if output is None and run._grad is None and not run._capture:
+            if output is None and not run.in_own_pass:
                 self.restore()
 
         hook = run.denoiser.register_forward_hook(after_forward, with_kwargs=True, always_call=True)
@@ -554,7 +554,7 @@ class SDNextJob(Job):
 
     def finish(self) -> None:
         """The pipeline call ended its last step: take the processors off and keep the report."""
-        if self.run is not None and self.run._saved is not None:
+        if self.run is not None and self.run.installed:
             self.run.uninstall()
             self._record(self._pass_key(), self.run.finish())
 

@@ -256,3 +256,27 @@ def test_idle_adds_no_work_to_a_denoiser_call(pipes, family, per_call, once):
     (stock, calls), (idle, idle_calls) = ops(None), ops([])
     assert calls == idle_calls
     assert 0 <= idle - stock <= per_call * calls + once, (stock, idle, calls)
+
+
+def test_a_hand_driven_loop_ends_its_steps_with_end_step(sd15):
+    """Loops that call the denoiser themselves end each step with run.end_step() (no pipeline callback to fake)."""
+    from attnkit.runtime import Run
+
+    unet = sd15.unet
+    text = sd15.encode_prompt(PROMPT, "cpu", 1, False)[0]
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    run = Run(sd15, [Observe(words=["car"])], prompt=PROMPT, cfg=False, num_steps=3)
+    with pytest.raises(StepCallbackError, match="no denoiser call in the step"):
+        run.end_step()
+    run.install()
+    assert run.installed and run.step_count == 3
+    try:
+        with torch.no_grad():
+            for t in (900, 500, 100):
+                unet(latents, t, encoder_hidden_states=text)
+                assert run.end_step(latents) is latents  # observe leaves the latents alone
+    finally:
+        run.uninstall()
+    assert not run.installed
+    report = run.finish()
+    assert report.steps == 3 and float(report["observe"].maps["car"].sum()) == pytest.approx(1.0, abs=1e-4)

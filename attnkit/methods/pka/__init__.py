@@ -236,7 +236,7 @@ class PKAController(Controller):
         double = encoder_hidden_states is not None
         q, k, v = flux_qkv(attn, hidden_states, encoder_hidden_states)
         q, k = rope(q, image_rotary_emb), rope(k, image_rotary_emb)
-        text_len = encoder_hidden_states.shape[1] if double else self.run._call.text_len
+        text_len = encoder_hidden_states.shape[1] if double else self.run.text_length
         if not self.conditions:
             out = sdpa(q, k, v)
             return self._outputs(attn, out, hidden_states, encoder_hidden_states)

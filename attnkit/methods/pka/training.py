@@ -216,9 +216,9 @@ def _loss(pipe, ex: dict, t: float, noise: torch.Tensor, mode: str, Run, PKA, de
         if controller.subject_index and mode == "pka":  # the keyword masks of this step, from a forward before it
             with torch.no_grad():
                 transformer(hidden_states=xt, **kwargs)
-            run.callback(pipe, 0, timestep, {})
+            run.end_step()
         pred = transformer(hidden_states=xt, **kwargs)[0]
-        run.callback(pipe, run._next_index, timestep, {})
+        run.end_step()
     finally:
         adapters = run.controllers[0].adapters
         if adapters is not None:  # the training adapter stays (train_condition_lora removes it), trainable
