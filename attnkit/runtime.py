@@ -95,6 +95,21 @@ class _GradPass:
     maps: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+def gradient_pass(owner, grad: _GradPass, forward: Callable[[], Any]) -> dict[int, torch.Tensor]:
+    """Run ``forward`` (a denoiser call) as the gradient pass ``grad`` of ``owner`` (a run whose layers feed
+    ``owner._grad``): the forward ends early after the last layer read; returns ``{layer index: probabilities}``."""
+    owner._grad = grad
+    try:
+        forward()
+    except _StopForward:
+        pass
+    finally:
+        owner._grad = None
+    if grad.remaining:
+        raise AttnKitError(f"the gradient pass never reached {len(grad.remaining)} of the layers it reads")
+    return grad.maps
+
+
 @dataclass
 class _Call:
     """What the run knows about the denoiser call in progress."""
@@ -426,17 +441,10 @@ class Run:
         scheduler = self.pipe.scheduler
         sample = scheduler.scale_model_input(latent, t) if scale_input and hasattr(scheduler, "scale_model_input") \
             else latent
-        self._grad = _GradPass(controller, step, set(controller.prob_layers), early_stop)
-        try:
-            self.denoiser(sample, t, encoder_hidden_states=text, added_cond_kwargs=added,
-                          cross_attention_kwargs=inputs["cross_attention_kwargs"], return_dict=False)
-        except _StopForward:
-            pass
-        finally:
-            grad, self._grad = self._grad, None
-        if grad.remaining:
-            raise AttnKitError(f"the gradient pass never reached {len(grad.remaining)} of the layers it reads")
-        return grad.maps
+        return gradient_pass(self, _GradPass(controller, step, set(controller.prob_layers), early_stop),
+                             lambda: self.denoiser(sample, t, encoder_hidden_states=text, added_cond_kwargs=added,
+                                                   cross_attention_kwargs=inputs["cross_attention_kwargs"],
+                                                   return_dict=False))
 
     def chained_callback(self, user_callback=None):
         """``callback_on_step_end`` that calls ``user_callback`` (if any), then ends the step with what it returned

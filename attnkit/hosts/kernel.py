@@ -44,7 +44,7 @@ from ..errors import AttnKitError, UnsupportedModelError
 from ..methods.base import Controller, Method
 from ..methods.observe import ObserveController
 from ..methods.structured import StructuredController
-from ..runtime import Report, _StopForward
+from ..runtime import Report, _GradPass, _StopForward, gradient_pass
 
 logger = logging.getLogger(__name__)
 
@@ -118,15 +118,6 @@ class StepClock:
             self.index += 1
         self.marker = marker
         return self.index
-
-
-class _GradPass:
-    """A conditional forward with gradients for a latent-optimising method: which layers it still has to read."""
-
-    def __init__(self, controller: Controller, remaining: set[int]):
-        self.controller = controller
-        self.remaining = remaining
-        self.maps: dict[int, torch.Tensor] = {}
 
 
 class HostRun:
@@ -250,16 +241,8 @@ class HostRun:
                       early_stop: bool = True) -> dict[int, torch.Tensor]:
         """Per-head text-attention probabilities ``{layer index: (1, heads, N, T)}`` of ``controller.prob_layers``
         as functions of ``latent`` (as :meth:`attnkit.Run.gradient_maps`), through the host's denoiser."""
-        self._grad = _GradPass(controller, set(controller.prob_layers))
-        try:
-            self._gradient(latent, step, image)
-        except _StopForward:
-            pass
-        finally:
-            grad, self._grad = self._grad, None
-        if grad.remaining:
-            raise AttnKitError(f"the gradient pass never reached {len(grad.remaining)} of the layers it reads")
-        return grad.maps
+        return gradient_pass(self, _GradPass(controller, step, set(controller.prob_layers), early_stop),
+                             lambda: self._gradient(latent, step, image))
 
     def work(self, step: StepInfo, what: str, done: int, total: int) -> None:
         """A method's inner loop is about to run pass ``done`` of at most ``total`` (as :meth:`attnkit.Run.work`)."""

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from ..core.steps import check_window
 from ..errors import AttnKitError
 from .attend_excite import _check_common, _whole
-from .base import Method, check_ranges
+from .base import check_ranges
 from .fields import Field
-from .latent import LatentController
+from .latent import LatentController, LatentMethod
 
 
 def segregation_loss(maps: torch.Tensor) -> torch.Tensor:
@@ -157,7 +157,7 @@ class AStarController(LatentController):
             self.report.data["mean_loss"] = sum(r["loss"] for r in losses) / len(losses)
 
 
-class AStar(Method):
+class AStar(LatentMethod):
     """A-STAR: keep concepts apart and their attention alive across steps. See :class:`AStarConfig`.
 
     Example::
@@ -168,10 +168,6 @@ class AStar(Method):
     id = "a_star"
     config_class = AStarConfig
     controller_class = AStarController
-    families = ("sd", "sdxl")
-    attention = frozenset({"read"})
-    needs_gradient = True
-    needs_words = True
     #: the options users see: labels, kinds, ranges (this method's rows of the field table)
     fields = (
         Field("a_star", "words", "Concept words", "words", None, "the concepts to keep apart and alive"),

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import AttnKitError
-from .base import Method, check_ranges
+from .base import check_ranges
 from .fields import Field
-from .latent import SMOOTHING, LatentController
+from .latent import SMOOTHING, LatentController, LatentMethod
 
 MAX_STEPS = 1000  # most threshold steps; the numbers' ranges are the field table's (check_ranges)
 
@@ -136,7 +136,7 @@ class AttendExciteController(LatentController):
         return latent
 
 
-class AttendExcite(Method):
+class AttendExcite(LatentMethod):
     """Attend-and-Excite: make every subject word reach a strong attention peak. See :class:`AttendExciteConfig`.
 
     Example::
@@ -147,10 +147,6 @@ class AttendExcite(Method):
     id = "attend_excite"
     config_class = AttendExciteConfig
     controller_class = AttendExciteController
-    families = ("sd", "sdxl")
-    attention = frozenset({"read"})
-    needs_gradient = True
-    needs_words = True
     #: the options users see: labels, kinds, ranges (this method's rows of the field table)
     fields = (
         Field("attend_excite", "words", "Subject words", "words", None, "the subjects that must appear"),

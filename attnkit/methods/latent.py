@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..core.layers import choose_grid
 from ..core.steps import StepInfo
 from ..errors import AttnKitError
-from .base import Controller
+from .base import Controller, Method
 
 SMOOTHING = ("diffusers", "gaussian", "none")
 _BLOCK_ORDER = {"up": 0, "down": 1, "mid": 2}  # diffusers' store concatenates up, down, mid
@@ -95,6 +95,15 @@ class Concept:
 
     word: str
     positions: tuple[int, ...]
+
+
+class LatentMethod(Method):
+    """What the latent-optimising methods declare alike: SD/SDXL UNets, maps read with gradient passes, words."""
+
+    families = ("sd", "sdxl")
+    attention = frozenset({"read"})
+    needs_gradient = True
+    needs_words = True
 
 
 class LatentController(Controller):
