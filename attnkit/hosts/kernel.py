@@ -42,8 +42,6 @@ from ..core.steps import StepInfo
 from ..core.tokens import PromptTokens, TokenMap
 from ..errors import AttnKitError, UnsupportedModelError
 from ..methods.base import Controller, Method
-from ..methods.observe import ObserveController
-from ..methods.structured import StructuredController
 from ..runtime import Report, _GradPass, _StopForward, gradient_pass
 
 logger = logging.getLogger(__name__)
@@ -207,10 +205,12 @@ class HostRun:
         self._t0 = time.perf_counter()
         self._finished = False
         self.controllers: list[Controller] = [m.controller(self) for m in self.methods]
-        self.observers = [c for c in self.controllers if isinstance(c, ObserveController)]
+        # chosen by what each method declares, not by its class: readers get the probabilities (on_probs) of the
+        # layers they ask for; the one that edits the text keys/values gets the patch
+        self.observers = [c for c in self.controllers if "read" in c.method.attention and not c.method.needs_gradient]
         self.updaters = [c for c in self.controllers if c.updates_latents]
         self.structured = next(
-            (c for c in self.controllers if isinstance(c, StructuredController) and c.phrases), None
+            (c for c in self.controllers if "text" in c.method.attention and c.phrases), None
         )
 
     def __deepcopy__(self, memo):

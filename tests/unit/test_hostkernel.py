@@ -80,3 +80,37 @@ def test_replace_wraps_a_previous_replace_and_reads_maps(sd15):
     raw = probs[..., position].reshape(1, 4, 4)
     torch.testing.assert_close(report["observe"].data["raw"]["car"], raw)
     assert torch.isclose(report["observe"].maps["car"].sum(), torch.tensor(1.0))
+
+
+def test_a_new_reading_method_reaches_the_host_patches_by_its_declaration(sd15):
+    """A method that declares it reads probabilities gets them from the host patches through the controller hook
+    (on_probs), with no change to the kernel: the kernel chooses controllers by what methods declare."""
+    from dataclasses import dataclass
+
+    from attnkit.methods.base import Controller, Method
+
+    @dataclass
+    class PeakConfig:
+        pass
+
+    class PeakController(Controller):
+        def bind(self, layers, latent_hw):
+            self.prob_layers = frozenset(layer.index for layer in layers)
+
+        def on_probs(self, layer, step, probs):
+            self.report.data.setdefault("peaks", []).append(float(probs.max()))
+
+    class Peak(Method):
+        id = "peak"
+        config_class = PeakConfig
+        controller_class = PeakController
+        attention = frozenset({"read"})
+
+    run = hostkernel.HostRun([Peak()], "a red car", sd15.tokenizer, family="sd", steps=1,
+                             blocks=[(("input", 1, 0), 1)])
+    q, k, v = torch.randn(2, 16, 8), torch.randn(2, 77, 8), torch.randn(2, 77, 8)
+    extra = {"n_heads": 2, "dim_head": 4, "block": ("input", 1), "block_index": 0, "transformer_index": 3,
+             "original_shape": [2, 4, 4, 4], "cond_or_uncond": [1, 0], "sigmas": torch.tensor([1.0, 1.0])}
+    run.replace()(q, k, v, extra)
+    peaks = run.finish()["peak"].data["peaks"]
+    assert len(peaks) == 1 and 0 < peaks[0] <= 1
