@@ -275,10 +275,8 @@ def methods_from_controls(enabled: dict[str, bool], values: dict[str, dict[str, 
         params = {}
         for f in panel_fields(method_id):
             params[f.name] = widget_value_to_param(f, values[method_id][f.name])
-        if "words" in params and params["words"] is None and method_id != "observe":
+        if "words" in params and params["words"] is None:  # observe maps every word when none is picked
             params["words"] = list(picked) or None
-        if method_id == "observe" and params.get("words") is None and picked:
-            params["words"] = list(picked)
         if get_method(method_id).needs_words and not params.get("words") and not params.get("token_indices"):
             raise AttnKitError(f"{METHOD_TITLES[method_id]} needs words: pick them in the word picker (in a webui, type them in the Words box)")
         methods.append(get_method(method_id)(**params))
