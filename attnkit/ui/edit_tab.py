@@ -91,23 +91,13 @@ def labelled(picture, label: str):
     return labelled_grid([(label, picture.convert("RGB").resize((side, side)))], side, 1)
 
 
-def _seed(value) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise AttnKitError(f"Seed: type a whole number from 0, got {value!r}") from None
-    if number != number or number < 0 or number != int(number):
-        raise AttnKitError(f"Seed: type a whole number from 0, got {value!r}")
-    return int(number)
-
-
 def build_edit_tab(gr, state):
     """The Edit tab's widgets and events (inside a ``gr.Tab``); ``state`` is the app's :class:`AppState`."""
     from ..core.steps import Progress
     from ..editing import edit
     from ..errors import one_line
     from ..viz import overlay
-    from .panel import STALE, error_text, session_of, takes_request, words_update
+    from .panel import STALE, _whole, error_text, session_of, takes_request, words_update
 
     note = gr.Markdown(elem_id="ak-edit-note")
     with gr.Row():
@@ -189,7 +179,7 @@ def build_edit_tab(gr, state):
 
             progress(0.0, desc="starting")
             with lock:
-                result = edit(pipe, photo, caption, edited_caption, words=chosen, seed=_seed(seed),
+                result = edit(pipe, photo, caption, edited_caption, words=chosen, seed=_whole(seed, "Seed"),
                               num_inference_steps=int(steps), guidance_scale=float(cfg_scale),
                               on_progress=on_progress, stop=stop, **knobs)
             report = result.report

@@ -505,9 +505,9 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
             # presets carry the methods of the field table; condition images (pka) are not preset data
             presettable = [m for m in methods if m.id in REGISTRY]
             notes = list(result.report.warnings)
-            if picked_words and not methods:
-                notes.insert(0, "no method is on, so the picked words were not used: open a method's section and "
-                                "enable it")
+            if picked_words and not any(hasattr(m.config, "words") for m in methods):
+                notes.insert(0, "no method that acts on words is on, so the picked words were not used: enable "
+                                "observe, Attend-and-Excite or A-STAR")
             if _whole(seed_value, "Seed") == -1:
                 notes.insert(0, f"random seed: {settings['seed']}")
             out = Path(tempfile.mkdtemp(prefix="attnkit-")) / "attnkit.png"

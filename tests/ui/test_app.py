@@ -345,7 +345,11 @@ def test_png_import_restores_the_prompt_and_size_and_says_so(app):
 def test_picked_words_with_no_method_on_say_so(app):
     client = Client(app.local_url, verbose=False)
     status = call_run(client, "a red car", ["car"])[-1]
-    assert status.startswith("Done.\n- no method is on, so the picked words were not used"), status
+    assert status.startswith("Done.\n- no method that acts on words is on, so the picked words were not used"), status
+    # structured acts on phrases, not picked words: saying so beats ignoring them
+    status = client.predict(prompt="a red car", preset="Keep attributes with objects", words="car", steps=2,
+                            width=64, height=64, seed=0, api_name="/generate")[-1]
+    assert "the picked words were not used" in status, status
 
 
 def app_function(app, name):
