@@ -28,12 +28,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from .core.attention import flux_text_attention_probs, unet_cross_attention_probs
+from .core import engine
+from .core.engine import Event, GradPass, StopForward
 from .core.layers import LayerInfo, discover_layers, grid_for
-from .core.processor import LayerProcessor
+from .core.processor import PLAIN_PROCESSORS, LayerProcessor, call_arg
 from .core.steps import StepInfo
 from .core.tokens import PromptTokens, prompt_tokens
-from .errors import AlreadyAttachedError, AttnKitError, StepCallbackError, check_stop, shown
+from .errors import AlreadyAttachedError, AttnKitError, StepCallbackError, UnsupportedModelError, check_stop, shown
 from .methods.base import Controller, Method, MethodReport
 from .models import denoiser_of, family_of
 
@@ -68,40 +69,17 @@ class Report:
         return method_id in self.methods
 
 
-@dataclass(frozen=True)
-class _Route:
-    """What happens at one layer during the current denoiser call (``None`` in ``Run.routes`` = untouched)."""
-
-    readers: tuple[Controller, ...]  # read the text-attention probabilities
-    replacer: Controller | None  # computes the layer's output instead of the original processor
-
-
-class _StopForward(Exception):
-    """Ends a gradient pass once every layer its loss reads has been read (the rest of the network is not needed)."""
-
-
 class _Captured(Exception):
     """Ends the dry pipeline call of :func:`generate` at its first denoiser call (inputs captured)."""
 
 
-@dataclass
-class _GradPass:
-    """A conditional forward with gradients, run for a latent-optimising method."""
-
-    controller: Controller
-    step: StepInfo
-    remaining: set[int]
-    early_stop: bool
-    maps: dict[int, torch.Tensor] = field(default_factory=dict)
-
-
-def gradient_pass(owner, grad: _GradPass, forward: Callable[[], Any]) -> dict[int, torch.Tensor]:
+def gradient_pass(owner, grad: GradPass, forward: Callable[[], Any]) -> dict[int, torch.Tensor]:
     """Run ``forward`` (a denoiser call) as the gradient pass ``grad`` of ``owner`` (a run whose layers feed
     ``owner._grad``): the forward ends early after the last layer read; returns ``{layer index: probabilities}``."""
     owner._grad = grad
     try:
         forward()
-    except _StopForward:
+    except StopForward:
         pass
     finally:
         owner._grad = None
@@ -116,12 +94,6 @@ class _Call:
 
     cond_rows: slice | None  # batch rows of the conditional branch; None when the call is unconditional only
     text_len: int
-
-
-def _arg(args: tuple, kwargs: dict, name: str, position: int):
-    if name in kwargs:
-        return kwargs[name]
-    return args[position] if len(args) > position else None
 
 
 class Run:
@@ -202,14 +174,14 @@ class Run:
         self.report = Report()
         self.controllers: list[Controller] = [m.controller(self) for m in self.methods]
         #: per layer index, what the current denoiser call does there (``None``: delegate untouched).
-        self.routes: list[_Route | None] = [None] * len(self.layers)
+        self.routes: list[Event | None] = [None] * len(self.layers)
         self._next_index = 0
         self._call: _Call | None = None
         self._cond_key = None
         self._saved: dict[str, Any] | None = None
         self._hook = None
         self._t0 = 0.0
-        self._grad: _GradPass | None = None
+        self._grad: GradPass | None = None
         self._cond_inputs: dict[str, Any] | None = None  # the conditional branch's denoiser inputs, for gradients
         self._capture = False  # generate()'s dry call: stop at the first denoiser call
         self._updaters = [c for c in self.controllers if c.updates_latents]
@@ -441,7 +413,7 @@ class Run:
         scheduler = self.pipe.scheduler
         sample = scheduler.scale_model_input(latent, t) if scale_input and hasattr(scheduler, "scale_model_input") \
             else latent
-        return gradient_pass(self, _GradPass(controller, step, set(controller.prob_layers), early_stop),
+        return gradient_pass(self, GradPass(controller, step, set(controller.prob_layers), early_stop),
                              lambda: self.denoiser(sample, t, encoder_hidden_states=text, added_cond_kwargs=added,
                                                    cross_attention_kwargs=inputs["cross_attention_kwargs"],
                                                    return_dict=False))
@@ -497,17 +469,17 @@ class Run:
         if self._bypass and self._grad is None:
             return None
         if self._grad is not None:
-            self._route_grad(_arg(args, kwargs, "encoder_hidden_states", 2))
+            self._route_grad(call_arg(args, kwargs, "encoder_hidden_states", 2))
             return None
         if self.family == "flux":
-            sample = _arg(args, kwargs, "hidden_states", 0)
-            text = _arg(args, kwargs, "encoder_hidden_states", 1)
-            timestep = _arg(args, kwargs, "timestep", 3)
+            sample = call_arg(args, kwargs, "hidden_states", 0)
+            text = call_arg(args, kwargs, "encoder_hidden_states", 1)
+            timestep = call_arg(args, kwargs, "timestep", 3)
             latent_hw = self._flux_grid(sample, kwargs.get("img_ids"))
         else:
-            sample = _arg(args, kwargs, "sample", 0)
-            timestep = _arg(args, kwargs, "timestep", 1)
-            text = _arg(args, kwargs, "encoder_hidden_states", 2)
+            sample = call_arg(args, kwargs, "sample", 0)
+            timestep = call_arg(args, kwargs, "timestep", 1)
+            text = call_arg(args, kwargs, "encoder_hidden_states", 2)
             latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
         # one dispatched operation (the scalar read) is all an idle run adds to a denoiser call
         if not torch.is_tensor(timestep):
@@ -597,15 +569,15 @@ class Run:
         return latents / sigma
 
     def _route_grad(self, text) -> None:
+        """Routes of a gradient pass: the other methods' text, probability and replace hooks act as in any call; the
+        pass's method reads its layers through the pass (no reader is called)."""
         grad = self._grad
-        routes: list[_Route | None] = [None] * len(self.layers)
-        for c in self.controllers:
-            if c is not grad.controller and c.replace_layers:
-                for index in c.layers_at(grad.step)[1]:
-                    routes[index] = _Route((), c)
+        others = [c for c in self.controllers if c is not grad.controller]
+        touches = [c.layers_at(grad.step)._replace(read=frozenset()) for c in others]
+        routes = engine.events(others, touches, len(self.layers), True)
         for index in grad.controller.prob_layers:
-            replacer = routes[index].replacer if routes[index] is not None else None
-            routes[index] = _Route((grad.controller,), replacer)
+            if routes[index] is None:
+                routes[index] = Event()
         self.routes = routes
         self._call = _Call(slice(0, 1), int(text.shape[1]))
 
@@ -636,16 +608,23 @@ class Run:
     def _bind(self, latent_hw: tuple[int, int]) -> None:
         self.latent_hw = latent_hw
         self.layers = [info.with_grid(grid_for(info, latent_hw)) for info in self.layers]
-        owners: dict[int, Controller] = {}
         for c in self.controllers:
             c.bind(self.layers, latent_hw)
-            for index in c.replace_layers:
-                if index in owners:
-                    raise AttnKitError(
-                        f"{owners[index].method.id} and {c.method.id} both change the attention of "
-                        f"{self.layers[index].name}; they cannot run together"
+        engine.claim_layers(self.controllers)
+        for c in self.controllers:  # layers this adapter computes itself must run a processor it reproduces
+            for index in sorted(c.text_layers | c.edit_layers):
+                layer = self.layers[index]
+                name = type(self._saved[layer.name]).__name__ if self._saved is not None else "AttnProcessor2_0"
+                if name not in PLAIN_PROCESSORS:
+                    raise UnsupportedModelError(
+                        f"{c.method.id} changes the attention of {layer.module}, which has a {name} processor "
+                        "(IP-Adapter or custom) whose work it would drop; remove that processor or turn "
+                        f"{c.method.id} off"
                     )
-                owners[index] = c
+                if index in c.text_layers and self.denoiser.get_submodule(layer.module).norm_cross:
+                    raise UnsupportedModelError(
+                        f"{c.method.id} rewrites the text keys/values, but {layer.module} normalises the text first"
+                    )
 
     def original_processor(self, layer: LayerInfo):
         """The processor ``layer`` had before attnkit was attached."""
@@ -654,74 +633,10 @@ class Run:
         return self._saved[layer.name]
 
     def _route(self) -> None:
-        readers: list[list[Controller]] = [[] for _ in self.layers]
-        replacers: list[Controller | None] = [None] * len(self.layers)
-        for c in self.controllers:
-            if self._call.cond_rows is None and not c.attends_every_call:
-                continue
-            read, replace = c.layers_at(self.step)
-            if self._call.cond_rows is None:
-                read = ()
-            for index in read:
-                readers[index].append(c)
-            for index in replace:
-                replacers[index] = c
-        self.routes = [
-            _Route(tuple(r), p) if (r or p is not None) else None for r, p in zip(readers, replacers)
-        ]
-
-    def routed_call(self, route: _Route, processor: LayerProcessor, attn, hidden_states, args: tuple, kwargs: dict):
-        """A layer call that some method reads or changes (see :class:`~attnkit.core.processor.LayerProcessor`)."""
-        layer = processor.layer
-        if route.readers:
-            self.read_attention(layer, route.readers, attn, hidden_states, args, kwargs)
-        if route.replacer is None:
-            return processor.inner(attn, hidden_states, *args, **kwargs)
-        c = route.replacer
-        # the third positional argument is temb for UNet processors, image_rotary_emb for Flux's
-        third = "image_rotary_emb" if self.family == "flux" else "temb"
-        extra = {k: v for k, v in kwargs.items() if k not in ("encoder_hidden_states", "attention_mask", "temb", third)}
-        extra[third] = _arg(args, kwargs, third, 2)
-        temb = extra.pop("temb", None)
-        with c.timed("replace_s"):
-            return c.attend(
-                layer, self._grad.step if self._grad is not None else self.step, attn, hidden_states,
-                encoder_hidden_states=_arg(args, kwargs, "encoder_hidden_states", 0),
-                attention_mask=_arg(args, kwargs, "attention_mask", 1),
-                temb=temb, rows=self._call.cond_rows, **extra,
-            )
-
-    # ------------------------------------------------------------------------------------------- attention
-
-    def read_attention(self, layer: LayerInfo, readers, attn, hidden_states, args: tuple, kwargs: dict) -> None:
-        """Compute the conditional branch's text-attention probabilities of ``layer`` and hand them to ``readers``."""
-        rows = self._call.cond_rows
-        text = _arg(args, kwargs, "encoder_hidden_states", 0)
-        mask = _arg(args, kwargs, "attention_mask", 1)
-        if isinstance(text, (tuple, list)):
-            text = text[0]
-
-        def pick(x):
-            return x[rows] if torch.is_tensor(x) and x.shape[0] == hidden_states.shape[0] else x
-
-        grad = self._grad
-        if grad is not None:  # a gradient pass: keep the graph and the heads, for the optimising method only
-            grad.maps[layer.index] = unet_cross_attention_probs(attn, hidden_states, text, mask, mean_heads=False)
-            grad.remaining.discard(layer.index)
-            if grad.early_stop and not grad.remaining:
-                raise _StopForward
-            return
-        with torch.no_grad():
-            if self.family == "flux":
-                probs = flux_text_attention_probs(
-                    attn, pick(hidden_states), pick(text), kwargs.get("image_rotary_emb"),
-                    self._call.text_len, attention_mask=pick(mask),
-                )
-            else:
-                probs = unet_cross_attention_probs(attn, pick(hidden_states), pick(text), attention_mask=pick(mask))
-        for c in readers:
-            with c.timed("attention_s"):
-                c.on_probs(layer, self.step, probs)
+        conditional = self._call.cond_rows is not None
+        touches = [c.layers_at(self.step) if (conditional or c.attends_every_call) else engine.Touch()
+                   for c in self.controllers]
+        self.routes = engine.events(self.controllers, touches, len(self.layers), conditional)
 
 
 _claims_lock = threading.Lock()

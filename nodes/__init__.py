@@ -2,8 +2,10 @@
 
 Nodes: **AttnKit Words** (CLIP + prompt + words -> targets), **AttnKit Apply <method>** for every method (MODEL +
 targets + the method's fields from attnkit's field table -> a patched clone of the MODEL, plus the settings as a
-share code), **AttnKit Apply Preset**, **AttnKit Preset** (JSON or share code -> preset, JSON, share code) and
-**AttnKit Attention Maps** (the ``observe`` maps of the latest run over the decoded images, as an IMAGE).
+share code), **AttnKit Apply Preset**, **AttnKit Preset** (JSON or share code -> preset, JSON, share code),
+**AttnKit Attention Maps** (the ``observe`` maps of the latest run over the decoded images, as an IMAGE) and
+**AttnKit Prompt-to-Prompt** (MODEL + CLIP + two prompts + a latent -> the MODEL, conditioning and latent that sample
+the source and the edited image side by side).
 """
 
 from __future__ import annotations
@@ -229,6 +231,57 @@ class AttnKitApplyPreset:
         return (clone, session)
 
 
+class AttnKitPromptToPrompt:
+    DESCRIPTION = ("Prompt-to-Prompt: sample the source and the target prompt side by side from the same noise, the "
+                   "target's attention taken from the source's, so only what the words change changes. Sample with "
+                   "the outputs: images come out as [source, edited].")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("model", "positive", "latent")
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from attnkit.methods.p2p import EDITS
+
+        return {"required": {
+            "model": ("MODEL",),
+            "clip": ("CLIP",),
+            "latent": ("LATENT", {"tooltip": "an empty latent of batch 1 (its size sets the image size)"}),
+            "source": ("STRING", {"multiline": True, "default": "a cat riding a bicycle",
+                                  "tooltip": "the prompt of the original image"}),
+            "target": ("STRING", {"multiline": True, "default": "a dog riding a bicycle",
+                                  "tooltip": "the edited prompt: swap words (replace), add or remove words (refine), "
+                                             "or the same prompt (reweight)"}),
+            "edit": (list(EDITS), {"default": "replace", "tooltip": "replace: swap words one for one; refine: add or "
+                                   "remove words; reweight: make words stronger or weaker"}),
+            "cross_replace": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.05,
+                                        "tooltip": "the fraction of the steps, from the start, in which the target's "
+                                                   "cross-attention is the source's"}),
+            "self_replace": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.05,
+                                       "tooltip": "the fraction of the steps in which the target's coarse "
+                                                  "self-attention is the source's (keeps the layout)"}),
+            "reweight": ("STRING", {"default": "", "tooltip": "target words and scales, e.g. fluffy=2, red=0.5 "
+                                                              "(needed by the reweight edit)"}),
+        }, "hidden": dict(HIDDEN)}
+
+    def apply(self, model, clip, latent, source, target, edit, cross_replace, self_replace, reweight, prompt=None,
+              unique_id=None):
+        from attnkit.editing import parse_scales
+        from attnkit.methods import P2P
+
+        label = _label("AttnKit Prompt-to-Prompt", unique_id)
+        try:
+            method = P2P(edit=edit, cross_replace=float(cross_replace), self_replace=float(self_replace),
+                         reweight=parse_scales(reweight, "reweight"))
+        except AttnKitError as e:
+            raise AttnKitError(f"{label}: {e}") from None
+        wrapper_type, _ = _comfy()
+        out = comfyui.prompt_to_prompt(model, clip, source, target, latent, method, sampler_wrapper_type=wrapper_type,
+                                       label=label, attention=_attention)
+        return (out.model, out.positive, out.latent)
+
+
 class AttnKitAttentionMaps:
     DESCRIPTION = "Heatmaps of each word over the images, from the latest sampling run of an observing MODEL."
     CATEGORY = CATEGORY
@@ -267,6 +320,7 @@ for _id in REGISTRY:
     NODE_CLASS_MAPPINGS[_node.__name__] = _node
     NODE_DISPLAY_NAME_MAPPINGS[_node.__name__] = f"AttnKit Apply {NODE_TITLES[_id]}"
 NODE_CLASS_MAPPINGS.update(AttnKitApplyPreset=AttnKitApplyPreset, AttnKitPreset=AttnKitPreset,
-                           AttnKitAttentionMaps=AttnKitAttentionMaps)
+                           AttnKitAttentionMaps=AttnKitAttentionMaps, AttnKitPromptToPrompt=AttnKitPromptToPrompt)
 NODE_DISPLAY_NAME_MAPPINGS.update(AttnKitApplyPreset="AttnKit Apply Preset", AttnKitPreset="AttnKit Preset",
-                                  AttnKitAttentionMaps="AttnKit Attention Maps")
+                                  AttnKitAttentionMaps="AttnKit Attention Maps",
+                                  AttnKitPromptToPrompt="AttnKit Prompt-to-Prompt")

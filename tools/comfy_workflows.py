@@ -60,8 +60,32 @@ def output_names(node_type, mappings):
     return list(getattr(node, "RETURN_NAMES", None) or node.RETURN_TYPES)
 
 
+def p2p_graph(mappings):
+    """Prompt-to-Prompt: the node makes the MODEL, the two prompts' conditioning and a two-row latent; the sampler
+    makes [source, edited]."""
+    node = mappings["AttnKitPromptToPrompt"]
+    inputs = {"model": (1, 0), "clip": (1, 1), "latent": (6, 0)}
+    for name, spec in node.INPUT_TYPES()["required"].items():
+        if name not in inputs:
+            kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+            inputs[name] = options.get("default", kind[0] if isinstance(kind, list) else None)
+    return [
+        (1, "CheckpointLoaderSimple", {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, "Load Checkpoint"),
+        (3, "CLIPTextEncode", {"text": "", "clip": (1, 1)}, "Negative prompt"),
+        (6, "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}, "Empty Latent Image"),
+        (5, "AttnKitPromptToPrompt", inputs, "AttnKit Prompt-to-Prompt"),
+        (7, "KSampler", {"model": (5, 0), "seed": 0, "steps": 50, "cfg": 7.5, "sampler_name": "ddim",
+                         "scheduler": "ddim_uniform", "positive": (5, 1), "negative": (3, 0), "latent_image": (5, 2),
+                         "denoise": 1.0}, "KSampler"),
+        (8, "VAEDecode", {"samples": (7, 0), "vae": (1, 2)}, "VAE Decode"),
+        (10, "SaveImage", {"images": (8, 0), "filename_prefix": "attnkit_p2p"}, "Save Image (source, edited)"),
+    ]
+
+
 def graph(method, mappings):
     """Nodes as ``[(id, type, {input: value or (node id, output index)}, title)]``."""
+    if method == "prompt_to_prompt":
+        return p2p_graph(mappings)
     apply_type, overrides = METHODS[method] if method != "preset" else ("AttnKitApplyPreset", {})
     nodes = [
         (1, "CheckpointLoaderSimple", {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, "Load Checkpoint"),
@@ -146,7 +170,7 @@ def ui_format(nodes, mappings):
 def workflows(mappings) -> dict[str, dict]:
     """``{relative path: JSON}`` of every example workflow."""
     out = {}
-    for method in (*METHODS, "preset"):
+    for method in (*METHODS, "preset", "prompt_to_prompt"):
         nodes = graph(method, mappings)
         out[f"attnkit_{method}.json"] = ui_format(nodes, mappings)
         out[f"api/attnkit_{method}.json"] = api_format(nodes)

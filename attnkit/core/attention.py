@@ -11,7 +11,8 @@ Probabilities are returned averaged over heads, in float32: ``(B, N_query, N_tex
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .engine import probabilities
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -55,12 +56,12 @@ def unet_cross_attention_probs(
         q = attn.norm_q(q)
     if getattr(attn, "norm_k", None) is not None:
         k = attn.norm_k(k)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
+    mask = None
     if attention_mask is not None:
         batch = hidden_states.shape[0]
         mask = attn.prepare_attention_mask(attention_mask, k.shape[2], batch)
-        scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1]).float()
-    probs = scores.softmax(dim=-1)
+        mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
+    probs = probabilities(q, k, attn.scale, mask)
     return probs.mean(dim=1) if mean_heads else probs
 
 
@@ -136,112 +137,3 @@ def flux_text_attention_probs(
         part = (scores[..., :text_len] - scores.logsumexp(dim=-1, keepdim=True)).exp()
         total = part if total is None else total + part
     return total / q.shape[2]
-
-
-#: processors whose computation :func:`attention_output` reproduces; a method that replaces a layer's attention
-#: refuses layers with any other processor (IP-Adapter, custom ones) rather than silently dropping what they do.
-PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "AttnProcessorNPU")
-
-
-def _prologue(attn, hidden_states, temb):
-    """What diffusers' processors do before the projections: ``(tokens (B, N, C), undo)`` with ``undo(out)`` the
-    steps after the output projection (back to the input's shape, residual, rescale)."""
-    residual = hidden_states
-    if attn.spatial_norm is not None:
-        hidden_states = attn.spatial_norm(hidden_states, temb)
-    shape = hidden_states.shape
-    if hidden_states.ndim == 4:
-        hidden_states = hidden_states.view(shape[0], shape[1], shape[2] * shape[3]).transpose(1, 2)
-    if attn.group_norm is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-    def undo(out):
-        if len(shape) == 4:
-            out = out.transpose(-1, -2).reshape(shape)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
-
-    return hidden_states, undo
-
-
-def _project(attn, hidden_states, key_states, value_states):
-    """``(B, heads, N, d)`` queries, keys and values as diffusers' processors make them (keys and values from
-    ``key_states``/``value_states``, or from ``hidden_states`` for self-attention when those are ``None``)."""
-    if key_states is None:
-        key_states = value_states = hidden_states
-    elif attn.norm_cross:
-        key_states = attn.norm_encoder_hidden_states(key_states)
-        value_states = attn.norm_encoder_hidden_states(value_states)
-    q = _heads(attn.to_q(hidden_states), attn.heads)
-    k = _heads(attn.to_k(key_states), attn.heads)
-    v = _heads(attn.to_v(value_states), attn.heads)
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
-    return q, k, v
-
-
-def attention_output(attn, hidden_states, key_states, value_states, attention_mask=None, temb=None, groups: int = 1):
-    """The computation of diffusers' ``AttnProcessor2_0`` on an ``Attention`` layer, with keys and values taken from
-    different text sequences, on PyTorch SDPA.
-
-    Args:
-        attn: the ``Attention`` module.
-        hidden_states: ``(B, N, C)`` or ``(B, C, H, W)`` query input.
-        key_states: ``(groups * B, T, C_text)``: ``groups`` key sequences per row, group-major
-            (all rows of group 0, then group 1...).
-        value_states: ``(B, T, C_text)``.
-        attention_mask, temb: as given to the processor.
-        groups: with ``groups > 1`` each row attends once per key sequence (same queries and values) and the
-            outputs are averaged, before the output projection (which is affine, so this equals averaging after).
-
-    Returns:
-        The layer output, shaped like ``hidden_states``.
-    """
-    hidden_states, undo = _prologue(attn, hidden_states, temb)
-    batch = hidden_states.shape[0]
-    q, k, v = _project(attn, hidden_states, key_states, value_states)
-    mask = None
-    if attention_mask is not None:
-        mask = attn.prepare_attention_mask(attention_mask, k.shape[2], batch)
-        mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
-    if groups > 1:
-        q, v = q.repeat(groups, 1, 1, 1), v.repeat(groups, 1, 1, 1)
-        mask = mask.repeat(groups, 1, 1, 1) if mask is not None else None
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
-    if groups > 1:
-        out = out.view(groups, batch, *out.shape[1:]).mean(dim=0)
-    out = out.transpose(1, 2).reshape(batch, -1, attn.heads * out.shape[-1]).to(q.dtype)
-    return undo(attn.to_out[1](attn.to_out[0](out)))
-
-
-def attention_with_probs(attn, hidden_states, encoder_hidden_states=None, edit=None, attention_mask=None, temb=None):
-    """The computation of diffusers' ``AttnProcessor`` on an ``Attention`` layer with the probabilities explicit, so
-    that ``edit`` can change them before they weigh the values.
-
-    Args:
-        attn: the ``Attention`` module.
-        hidden_states: ``(B, N, C)`` or ``(B, C, H, W)`` query input.
-        encoder_hidden_states: ``(B, T, C_text)`` (cross-attention) or ``None`` (self-attention).
-        edit: ``edit(probs) -> probs`` on the float32 ``(B, heads, N, T)`` probabilities; ``None`` leaves them.
-        attention_mask, temb: as given to the processor.
-
-    Returns:
-        The layer output, shaped like ``hidden_states`` (equal to ``AttnProcessor2_0``'s up to float rounding when
-        ``edit`` is ``None``).
-    """
-    hidden_states, undo = _prologue(attn, hidden_states, temb)
-    batch = hidden_states.shape[0]
-    q, k, v = _project(attn, hidden_states, encoder_hidden_states, encoder_hidden_states)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
-    if attention_mask is not None:
-        mask = attn.prepare_attention_mask(attention_mask, k.shape[2], batch)
-        scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1]).float()
-    probs = scores.softmax(dim=-1)
-    if edit is not None:
-        probs = edit(probs)
-    out = torch.matmul(probs.to(v.dtype), v)
-    out = out.transpose(1, 2).reshape(batch, -1, attn.heads * out.shape[-1]).to(q.dtype)
-    return undo(attn.to_out[1](attn.to_out[0](out)))

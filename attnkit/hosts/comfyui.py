@@ -142,8 +142,10 @@ class Session:
     """
 
     def __init__(self, methods, targets: Targets, family: str, blocks, calc_cond_batch: Callable | None = None,
-                 fallback: Callable | None = None, label: str = "AttnKit", interrupted: Callable | None = None):
+                 fallback: Callable | None = None, label: str = "AttnKit", interrupted: Callable | None = None,
+                 target_prompt: str | None = None):
         self.label = label
+        self.target_prompt = target_prompt
         self.interrupted = interrupted
         self.methods = list(methods)
         self.targets = targets
@@ -167,7 +169,7 @@ class Session:
         placeholder = (lambda *a: None) if self.latent and gradient is None else gradient
         return HostRun(self.methods, self.targets.prompt, self.targets.tokenizer, family=self.family, steps=steps,
                        encode=self.targets.encode, schedule=schedule, host="ComfyUI", fallback=self.fallback,
-                       blocks=self.blocks, gradient=placeholder)
+                       blocks=self.blocks, gradient=placeholder, target_prompt=self.target_prompt)
 
     # --- what install_patches needs
     @property
@@ -178,23 +180,27 @@ class Session:
     def needs_replace(self) -> bool:
         return True
 
+    @property
+    def needs_self(self) -> bool:
+        return any("probs" in m.attention for m in self.methods)
+
     def attn2_patch(self, n, context, value, extra_options):
         run = self.run
         if run is None:  # sampled without our wrapper (an old ComfyUI): nothing to do
             return n, context, value
         return run.attn2_patch(n, context, value, extra_options)
 
-    def replace(self, previous=None):
-        def attn2_replace(q, k, v, extra_options):
+    def replace(self, previous=None, kind="cross"):
+        def attn_replace(q, k, v, extra_options):
             run = self.run
             if run is None:
                 if previous is not None:
                     return previous(q, k, v, extra_options)
                 return self.fallback(q, k, v, extra_options["n_heads"], extra_options)
-            return run.attn2_replace(q, k, v, extra_options, previous)
+            return run.attn_replace(q, k, v, extra_options, previous, kind)
 
-        attn2_replace.attnkit_previous = previous
-        return attn2_replace
+        attn_replace.attnkit_previous = previous
+        return attn_replace
 
     def __deepcopy__(self, memo):
         """A session is shared, not copied: ComfyUI's ``ModelPatcher.clone()`` deep-copies ``model_options``, where
@@ -546,3 +552,65 @@ def apply(model, targets: Targets, methods, *, sampler_wrapper_type=None, calc_c
         raise UnsupportedModelError("AttnKit needs a ComfyUI with sampler wrappers (comfy.patcher_extension)")
     clone.add_wrapper_with_key(sampler_wrapper_type, "attnkit", session.sampler_sample)
     return clone, session
+
+
+@dataclass
+class Edit:
+    """What the AttnKit Prompt-to-Prompt node hands the sampler: a MODEL that edits, the conditioning of both
+    prompts as one batch of two, and a latent of two rows that get the same noise."""
+
+    model: Any
+    session: Session
+    positive: list
+    latent: dict
+
+
+def prompt_to_prompt(model, clip, source: str, target: str, latent: dict, method, *, sampler_wrapper_type=None,
+                     label="AttnKit Prompt-to-Prompt", attention: Callable | None = None) -> Edit:
+    """Prompt-to-Prompt in a ComfyUI graph: ``source`` and ``target`` sampled side by side from the same noise, the
+    target's attention rewritten from the source's by ``method`` (a :class:`~attnkit.methods.P2P`) through the same
+    attention patches as every method.
+
+    - the positive conditioning is ComfyUI's CLIP encoding of both prompts as one batch ``[source; target]``
+      (ComfyUI keeps a conditioning whose batch equals the latent's as it is, row for row);
+    - the latent is the input latent's first image twice, both rows with its noise index, so ComfyUI's
+      ``prepare_noise`` draws the same noise for both;
+    - the MODEL is a patched clone (``model`` is untouched) whose run finds the conditional rows ``[source, target]``
+      in each model call.
+
+    Sampled images come out as ``[source, edited]``. The local blend is refused (it needs control of the latents
+    after each step, which ComfyUI's samplers do not give).
+    """
+    if not isinstance(source, str) or not source.strip() or not isinstance(target, str) or not target.strip():
+        raise AttnKitError(f"{label}: give both a source and a target prompt")
+    family = family_of_model(model)
+    blocks = unet_blocks(model.model.diffusion_model)
+    found = targets(clip, source, [])
+    if strip_weights(target) != target.strip() or strip_weights(source) != source.strip():
+        raise AttnKitError(f"{label}: write the prompts without weights or BREAK; Prompt-to-Prompt maps their words "
+                           "one to one (use the reweight option to strengthen a word)")
+    conds = [clip.encode_from_tokens(clip.tokenize(text), return_pooled=True) for text in (source, target)]
+    if conds[0][0].shape != conds[1][0].shape or conds[0][0].shape[1] > 77:
+        raise AttnKitError(f"{label}: each prompt must fit one 77-token chunk (75 words' tokens); shorten the longer one")
+    samples = latent["samples"]
+    if samples.shape[0] != 1:
+        raise AttnKitError(f"{label}: the latent holds {samples.shape[0]} images; give a latent of batch 1 (the node "
+                           "makes the source and the edited image from it)")
+    try:  # the run made now checks the words and settings against both prompts
+        session = Session([method], found, family, blocks, label=label, fallback=attention, target_prompt=target)
+    except AttnKitError as e:
+        raise type(e)(f"{label}: {e}") from None
+    clone = model.clone()
+    install_patches(session, clone, [key for key, _ in blocks])
+    if sampler_wrapper_type is None:
+        raise UnsupportedModelError("AttnKit needs a ComfyUI with sampler wrappers (comfy.patcher_extension)")
+    clone.add_wrapper_with_key(sampler_wrapper_type, "attnkit", session.sampler_sample)
+    extra = {}
+    pooled = [c[1] for c in conds]
+    if all(torch.is_tensor(p) for p in pooled):
+        extra["pooled_output"] = torch.cat(pooled)
+    positive = [[torch.cat([conds[0][0], conds[1][0]]), extra]]
+    index = int((latent.get("batch_index") or [0])[0])
+    edited = {k: v for k, v in latent.items() if k not in ("samples", "batch_index", "noise_mask")}
+    edited.update(samples=samples.repeat(2, 1, 1, 1), batch_index=[index, index])
+    return Edit(clone, session, positive, edited)

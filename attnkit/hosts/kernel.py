@@ -42,12 +42,14 @@ from ..core.steps import StepInfo
 from ..core.tokens import PromptTokens, TokenMap
 from ..errors import AttnKitError, UnsupportedModelError
 from ..methods.base import Controller, Method
-from ..runtime import Report, _GradPass, _StopForward, gradient_pass
+from ..core import engine
+from ..core.engine import GradPass
+from ..runtime import Report, gradient_pass
 
 logger = logging.getLogger(__name__)
 
 #: the hook points (``Method.attention``) the hosts' attention patches honour
-PATCH_HOOKS = frozenset({"read", "text"})
+PATCH_HOOKS = frozenset({"read", "text", "probs"})
 
 
 def runs_on_patches(method) -> bool:
@@ -152,7 +154,7 @@ class HostRun:
     def __init__(self, methods: Iterable[Method], prompt: str, tokenizer, *, family: str, steps: int,
                  encode: Callable[[str], torch.Tensor] | None = None, schedule=None, host: str = "this host",
                  fallback: Callable | None = None, blocks=None, gradient: Callable | None = None,
-                 on_error: Callable[[BaseException], None] | None = None):
+                 on_error: Callable[[BaseException], None] | None = None, target_prompt: str | None = None):
         if family not in UNET_FACTORS:
             raise UnsupportedModelError(
                 f"attnkit's attention patches work on SD 1.x/2.x and SDXL UNets; {host} runs a {family} model here"
@@ -184,6 +186,13 @@ class HostRun:
         #: the error that stopped this run (only with ``on_error``); the patches pass through from then on
         self.failed: BaseException | None = None
         self._tokens = PromptTokens({"tokenizer": TokenMap(self.prompt, tokenizer, 77)}, "tokenizer", 77)
+        #: the prompt the first one is edited into (Prompt-to-Prompt: the conditional rows are [source, target])
+        self.target_prompt = strip_weights(target_prompt) if target_prompt is not None else None
+        self.sequences = None
+        if self.target_prompt is not None:
+            from ..methods.p2p import Keys
+
+            self.sequences = (Keys(self._tokens.attention), Keys(TokenMap(self.target_prompt, tokenizer, 77)))
         self.report = Report()
         self.clock = StepClock(steps, schedule)
         self.fallback = fallback or sdpa_heads
@@ -194,24 +203,29 @@ class HostRun:
         if blocks is None:
             blocks = [(("grid", f, 0), f) for f in UNET_FACTORS[family]]
         names = {"input": "down", "middle": "mid", "output": "up"}
+        # the cross-attention (attn2) of every transformer block, then its self-attention (attn1)
         self._specs = [
-            LayerInfo(i, ".".join(str(x) for x in key), ".".join(str(x) for x in key), "cross",
+            LayerInfo(i + offset, ".".join(str(x) for x in key) + f".{attn}", ".".join(str(x) for x in key), kind,
                       names.get(key[0], key[0]), int(key[1]), 1, 1, int(factor))
+            for offset, kind, attn in ((0, "cross", "attn2"), (len(blocks), "self", "attn1"))
             for i, (key, factor) in enumerate(blocks)
         ]
-        self._by_key = {tuple(key): i for i, (key, _) in enumerate(blocks)}
+        self._by_key = {(kind, tuple(key)): i + offset for offset, kind in ((0, "cross"), (len(blocks), "self"))
+                        for i, (key, _) in enumerate(blocks)}
         self.layers: list[LayerInfo] = []
-        self._grad: _GradPass | None = None
+        self._grad: GradPass | None = None
         self._t0 = time.perf_counter()
         self._finished = False
         self.controllers: list[Controller] = [m.controller(self) for m in self.methods]
-        # chosen by what each method declares, not by its class: readers get the probabilities (on_probs) of the
-        # layers they ask for; the one that edits the text keys/values gets the patch
-        self.observers = [c for c in self.controllers if "read" in c.method.attention and not c.method.needs_gradient]
         self.updaters = [c for c in self.controllers if c.updates_latents]
-        self.structured = next(
-            (c for c in self.controllers if "text" in c.method.attention and c.phrases), None
-        )
+        blenders = [c.method.id for c in self.controllers if c.edits_step_latents]
+        if blenders:
+            raise UnsupportedModelError(
+                f"{', '.join(blenders)} changes the latents after every step (local blend), which {host}'s sampler "
+                "does not let attnkit do; leave the blend words empty here"
+            )
+        #: per layer, the event of the current step (``None``: untouched)
+        self.routes: list[engine.Event | None] = []
 
     def __deepcopy__(self, memo):
         return self
@@ -241,7 +255,7 @@ class HostRun:
                       early_stop: bool = True) -> dict[int, torch.Tensor]:
         """Per-head text-attention probabilities ``{layer index: (1, heads, N, T)}`` of ``controller.prob_layers``
         as functions of ``latent`` (as :meth:`attnkit.Run.gradient_maps`), through the host's denoiser."""
-        return gradient_pass(self, _GradPass(controller, step, set(controller.prob_layers), early_stop),
+        return gradient_pass(self, GradPass(controller, step, set(controller.prob_layers), early_stop),
                              lambda: self._gradient(latent, step, image))
 
     def work(self, step: StepInfo, what: str, done: int, total: int) -> None:
@@ -266,14 +280,18 @@ class HostRun:
     # --- what the adapters install
     @property
     def needs_replace(self) -> bool:
-        """Whether ``attn2_replace`` must be installed (maps are read, or conjunction keys are grouped)."""
-        return bool(self.observers or self.updaters) or (
-            self.structured is not None and self.structured.config.conjunction)
+        """Whether ``attn2_replace`` must be installed (every method reads, edits or computes there)."""
+        return bool(self.methods)
 
     @property
     def needs_patch(self) -> bool:
-        """Whether ``attn2_patch`` must be installed (structured rewrites the keys'/values' text)."""
-        return self.structured is not None
+        """Whether ``attn2_patch`` must be installed (a method rewrites the keys'/values' text)."""
+        return any("text" in m.attention for m in self.methods)
+
+    @property
+    def needs_self(self) -> bool:
+        """Whether ``attn1_replace`` must be installed (a method may rewrite self-attention probabilities)."""
+        return any("probs" in m.attention for m in self.methods)
 
     def set_step(self, index: int, count: int) -> None:
         """The host's own step index and step count (A1111's and Forge's ``on_cfg_denoiser``); preferred over
@@ -301,6 +319,8 @@ class HostRun:
                 self._bind(extra_options)
             for c in self.controllers:
                 c.begin_step(self.step)
+            self.routes = engine.events(self.controllers, [c.layers_at(self.step) for c in self.controllers],
+                                        len(self.layers), True)
         return self.step
 
     def bind_latent(self, latent_hw: tuple[int, int]) -> None:
@@ -314,16 +334,19 @@ class HostRun:
             raise AttnKitError(f"{self.host} gave no latent shape to the attention patch; cannot place the maps")
         self.latent_hw = (int(shape[-2]), int(shape[-1]))
         self.layers = [layer.with_grid(grid_for(layer, self.latent_hw)) for layer in self._specs]
-        for c in self.observers + self.updaters:
+        for c in self.controllers:
             c.bind(self.layers, self.latent_hw)
+        engine.claim_layers(self.controllers)
+        self.routes = [None] * len(self.layers)
 
-    def _layer(self, extra_options: dict, tokens: int) -> LayerInfo | None:
+    def _layer(self, extra_options: dict, tokens: int, kind: str = "cross") -> LayerInfo | None:
         block = extra_options.get("block")
         if block is not None:
-            index = self._by_key.get((block[0], block[1], extra_options.get("block_index", 0) or 0))
+            index = self._by_key.get((kind, (block[0], block[1], extra_options.get("block_index", 0) or 0)))
             if index is not None:
                 return self.layers[index]
-        return next((layer for layer in self.layers if layer.grid[0] * layer.grid[1] == tokens), None)
+        return next((layer for layer in self.layers if layer.kind == kind and layer.grid[0] * layer.grid[1] == tokens),
+                    None)
 
     @staticmethod
     def cond_rows(batch: int, extra_options: dict) -> torch.Tensor:
@@ -353,53 +376,38 @@ class HostRun:
 
     def _attn2_patch(self, n, context, value, extra_options):
         step = self._advance(extra_options)
-        s = self.structured
-        if s is None or not s.wants_step(step):
-            return n, context, value
-        rows = self.cond_rows(context.shape[0], extra_options).to(context.device)
         if value is None:
             value = context
-        if rows.numel() == 0:
+        layer = self._layer(extra_options, n.shape[1])
+        event = self.routes[layer.index] if layer is not None else None
+        if event is None or event.text is None:
             return n, context, value
+        rows = self.cond_rows(context.shape[0], extra_options).to(context.device)
+        keys, value = engine.edit_text(event, layer, step, context, value, rows)
+        if len(keys) == 1:
+            return n, keys[0], value
+        extra_options["attnkit_groups"] = len(keys)  # the host projects keys and values alike: repeat the values
+        return n, torch.cat(keys, dim=1), value.repeat(1, len(keys), 1)
 
-        def fit(offset):  # (g, 77, C) -> (g, T, C): the offsets address the first chunk's positions
-            offset = offset.to(context.device, context.dtype)
-            t = context.shape[1]
-            if t == offset.shape[1]:
-                return offset
-            pad = offset.new_zeros(offset.shape[0], t - offset.shape[1], offset.shape[2])
-            return torch.cat([offset, pad], dim=1) if t > offset.shape[1] else offset[:, :t]
+    def replace(self, previous: Callable | None = None, kind: str = "cross") -> Callable:
+        """An ``attn2_replace`` (``kind="self"``: an ``attn1_replace``) for one block; ``previous`` is a replace
+        another extension installed there, which still computes the block's output."""
 
-        if not s.config.conjunction:
-            value = value.clone()
-            value[rows] += fit(s.value_offset)
-            return n, context, value
-        key_offsets = fit(s.key_offsets)  # (G, T, C)
-        groups = key_offsets.shape[0]
-        keys = context.unsqueeze(1).repeat(1, groups, 1, 1)  # (B, G, T, C)
-        keys[rows] += key_offsets
-        values = value.clone()
-        values[rows] += fit(s.conj_value_offset)
-        values = values.unsqueeze(1).repeat(1, groups, 1, 1)
-        extra_options["attnkit_groups"] = groups
-        return n, keys.flatten(1, 2), values.flatten(1, 2)
+        def attn_replace(q, k, v, extra_options):
+            return self.attn_replace(q, k, v, extra_options, previous, kind)
 
-    def replace(self, previous: Callable | None = None) -> Callable:
-        """An ``attn2_replace`` for one block; ``previous`` is a replace another extension installed there, which
-        still computes the block's output."""
-
-        def attn2_replace(q, k, v, extra_options):
-            return self.attn2_replace(q, k, v, extra_options, previous)
-
-        attn2_replace.attnkit_previous = previous
-        return attn2_replace
+        attn_replace.attnkit_previous = previous
+        return attn_replace
 
     def attn2_replace(self, q, k, v, extra_options, previous=None):
+        return self.attn_replace(q, k, v, extra_options, previous, "cross")
+
+    def attn_replace(self, q, k, v, extra_options, previous=None, kind="cross"):
         if self.failed is None and self.on_error is None:
-            return self._attn2_replace(q, k, v, extra_options, previous)
+            return self._attn_replace(q, k, v, extra_options, previous, kind)
         if self.failed is None:
             try:
-                return self._attn2_replace(q, k, v, extra_options, previous)
+                return self._attn_replace(q, k, v, extra_options, previous, kind)
             except Exception as exc:
                 self._fail(exc)
         groups = int(extra_options.pop("attnkit_groups", 1))  # grouped keys of a patch that ran before the error
@@ -409,47 +417,39 @@ class HostRun:
             return previous(q, k, v, extra_options)
         return self.fallback(q, k, v, int(extra_options["n_heads"]), extra_options)
 
-    def _attn2_replace(self, q, k, v, extra_options, previous=None):
+    def _attn_replace(self, q, k, v, extra_options, previous, kind):
         step = self._advance(extra_options)
         heads = int(extra_options["n_heads"])
 
-        def attend(q_, k_, v_):
+        def host(q_, k_, v_):
             if previous is not None:
                 return previous(q_, k_, v_, extra_options)
             return self.fallback(q_, k_, v_, heads, extra_options)
 
-        groups = int(extra_options.get("attnkit_groups", 1))
-        rows = self.cond_rows(q.shape[0], extra_options).to(q.device)
-        if groups > 1:
-            t = k.shape[1] // groups
-            out = attend(q, k[:, :t], v[:, :t])
-            if rows.numel():
-                qc = q[rows]
-                parts = [attend(qc, k[rows, g * t:(g + 1) * t], v[rows, g * t:(g + 1) * t]) for g in range(groups)]
-                out = out.clone()
-                out[rows] = torch.stack(parts).mean(dim=0)
-            k = k[:, :t]
-        else:
-            out = attend(q, k, v)
-        layer = self._layer(extra_options, q.shape[1])
-        if layer is None:
-            return out
+        groups = int(extra_options.pop("attnkit_groups", 1)) if kind == "cross" else 1
+        layer = self._layer(extra_options, q.shape[1], kind)
+        event = self.routes[layer.index] if layer is not None else None
         grad = self._grad
-        if grad is not None:
-            if layer.index in grad.remaining:
-                grad.maps[layer.index] = _probs(q, k, heads, mean_heads=False)[..., :77]
-                grad.remaining.discard(layer.index)
-                if not grad.remaining:
-                    raise _StopForward
-            return out
-        readers = [c for c in self.observers if c.wants_step(step) and layer.index in c.prob_layers]
-        if readers and rows.numel():
-            with torch.no_grad():
-                probs = _probs(q[rows], k[rows], heads, mean_heads=True)
-            for c in readers:
-                with c.timed("attention_s"):
-                    c.on_probs(layer, step, probs)
-        return out
+        taken = grad is not None and layer is not None and layer.index in grad.remaining
+        if groups == 1 and (event is None or not (event.readers or event.editors)) and not taken:
+            return host(q, k, v)
+        b, n, inner = q.shape
+        t = k.shape[1] // groups
+
+        def split(x):  # (B, L, H*D) -> (B, H, L, D)
+            return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+        def merge(x):
+            return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+        def fast(q_, k_, v_, mask):
+            return split(host(merge(q_), merge(k_), merge(v_)))
+
+        keys = [split(k[:, g * t:(g + 1) * t]) for g in range(groups)]
+        rows = self.cond_rows(b, extra_options).to(q.device)
+        out = engine.attend(event, layer, step, split(q), keys, split(v[:, :t]), scale=(inner // heads) ** -0.5,
+                            rows=rows, fast=fast, grad=grad)
+        return merge(out)
 
     # --- the end
     def finish(self) -> Report:
@@ -468,17 +468,6 @@ class HostRun:
             self.report.methods[c.method.id] = c.report
             self.report.warnings.extend(f"{c.method.id}: {w}" for w in c.report.warnings)
         return self.report
-
-
-def _probs(q: torch.Tensor, k: torch.Tensor, heads: int, mean_heads: bool) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d))`` of projected ``(B, N, H*D)``/``(B, T, H*D)``: ``(B, H, N, T)``, or
-    ``(B, N, T)`` averaged over heads (computed in float32)."""
-    b, n, inner = q.shape
-    d = inner // heads
-    qh = q.reshape(b, n, heads, d).transpose(1, 2).float()
-    kh = k.reshape(b, -1, heads, d).transpose(1, 2).float()
-    probs = (qh @ kh.transpose(-1, -2) * d**-0.5).softmax(-1)
-    return probs.mean(1) if mean_heads else probs
 
 
 def unet_blocks(diffusion_model) -> list[tuple[tuple[str, int, int], int]]:
@@ -534,16 +523,19 @@ def install_patches(run, patcher, keys: list[tuple[str, int, int]]) -> dict[str,
     looks a block's replace up by ``(block, number, index)`` first, then by ``(block, number)``; a replace another
     extension keyed either way is the one the block would have run, so that one is wrapped.
     """
-    installed = {"patch": False, "replace": 0, "wrapped": 0}
+    installed = {"patch": False, "replace": 0, "self_replace": 0, "wrapped": 0}
     if run.needs_patch:
         patcher.set_model_attn2_patch(run.attn2_patch)
         installed["patch"] = True
-    if run.needs_replace:
-        options = patcher.model_options.get("transformer_options", {})
-        existing = options.get("patches_replace", {}).get("attn2", {})
+    options = patcher.model_options.get("transformer_options", {})
+    for attn, kind, wanted in (("attn2", "cross", run.needs_replace), ("attn1", "self", run.needs_self)):
+        if not wanted:
+            continue
+        setter = getattr(patcher, f"set_model_{attn}_replace")
+        existing = options.get("patches_replace", {}).get(attn, {})
         for block, number, index in keys:
             previous = existing.get((block, number, index), existing.get((block, number)))
-            patcher.set_model_attn2_replace(run.replace(previous), block, number, index)
-            installed["replace"] += 1
+            setter(run.replace(previous, kind), block, number, index)
+            installed["replace" if kind == "cross" else "self_replace"] += 1
             installed["wrapped"] += previous is not None
     return installed

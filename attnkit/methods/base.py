@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from ..core.engine import Touch
 from ..errors import AttnKitError, UnsupportedModelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,9 +58,13 @@ class Controller:
         self.config = method.config
         self.run = run
         self.report = MethodReport(method.id)
-        #: indices of the layers whose head-averaged text-attention probabilities this method reads.
+        #: indices of the layers whose head-averaged text-attention probabilities this method reads (``read``).
         self.prob_layers: frozenset[int] = frozenset()
-        #: indices of the layers whose attention output this method computes itself (:meth:`attend`).
+        #: indices of the layers whose text keys/values this method rewrites (``text``, :meth:`edit_text`).
+        self.text_layers: frozenset[int] = frozenset()
+        #: indices of the layers whose probabilities this method rewrites (``probs``, :meth:`edit_probs`).
+        self.edit_layers: frozenset[int] = frozenset()
+        #: indices of the layers whose attention output this method computes itself (``replace``, :meth:`attend`).
         self.replace_layers: frozenset[int] = frozenset()
         self._seconds = 0.0
 
@@ -70,15 +75,16 @@ class Controller:
         """Whether the method reads attention at this step (default: every step)."""
         return True
 
-    def layers_at(self, step: "StepInfo") -> tuple[frozenset[int], frozenset[int]]:
-        """``(read, replace)``: the layers this method reads and those it computes itself at ``step``.
+    def layers_at(self, step: "StepInfo") -> Touch:
+        """The layers this method touches at ``step``, by hook point (:class:`~attnkit.core.engine.Touch`).
 
-        Default: :attr:`prob_layers` and :attr:`replace_layers` while :meth:`wants_step` holds, nothing otherwise.
-        Methods whose layers change from step to step (Prompt-to-Prompt's windows) override it.
+        Default: :attr:`prob_layers`, :attr:`text_layers`, :attr:`edit_layers` and :attr:`replace_layers` while
+        :meth:`wants_step` holds, nothing otherwise. Methods whose layers change from step to step
+        (Prompt-to-Prompt's windows) override it.
         """
         if not self.wants_step(step):
-            return frozenset(), frozenset()
-        return self.prob_layers, self.replace_layers
+            return Touch()
+        return Touch(self.prob_layers, self.text_layers, self.edit_layers, self.replace_layers)
 
     def begin_step(self, step: "StepInfo") -> None:
         """Called before the denoiser's first call of a step."""
@@ -87,11 +93,24 @@ class Controller:
         """Receives ``(B_cond, N_query, N_keys)`` head-averaged probabilities of the conditional branch: over the text
         keys on cross-attention layers, over the layer's own queries (``N_keys = N_query``) on self-attention ones."""
 
+    def edit_text(self, layer: "LayerInfo", step: "StepInfo", keys: torch.Tensor, values: torch.Tensor,
+                  rows: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``text`` hook, on the layers in :attr:`text_layers`: the text the keys and the values are projected from,
+        ``(B, T, C_text)`` each, rewritten on the conditional ``rows`` (a long tensor). Returns one or more key
+        texts (several: one attention per key text, averaged) and the value text."""
+        raise NotImplementedError
+
+    def edit_probs(self, layer: "LayerInfo", step: "StepInfo", probs: torch.Tensor) -> torch.Tensor:
+        """``probs`` hook, on the layers in :attr:`edit_layers`: the conditional rows' probabilities
+        ``(B_cond, heads, N, T)`` (float32), rewritten before they weigh the values."""
+        raise NotImplementedError
+
     def attend(self, layer: "LayerInfo", step: "StepInfo", attn, hidden_states: torch.Tensor, *,
                encoder_hidden_states, attention_mask, temb, rows: slice | None, **extra) -> torch.Tensor:
-        """Compute the output of a layer in :attr:`replace_layers` (for the whole batch; ``rows`` are the batch
-        rows of the conditional branch, ``None`` on a call without one). ``extra`` holds the processor's other
-        arguments (Flux: ``image_rotary_emb``). Must return what the layer's processor would return."""
+        """``replace`` hook (diffusers only): compute the output of a layer in :attr:`replace_layers` (for the whole
+        batch; ``rows`` are the batch rows of the conditional branch, ``None`` on a call without one). ``extra``
+        holds the processor's other arguments (Flux: ``image_rotary_emb``). Must return what the layer's processor
+        would return."""
         raise NotImplementedError
 
     #: whether :meth:`attend` also runs on denoiser calls with no conditional rows (Flux's negative branch of true

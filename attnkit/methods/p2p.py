@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..core.attention import PLAIN_PROCESSORS, attention_with_probs
+from ..core.engine import Touch
 from ..core.layers import choose_grid
 from ..core.steps import StepInfo, check_window
 from ..core.tokens import TokenMap
-from ..errors import AttnKitError, UnsupportedModelError
+from ..errors import AttnKitError
 from .base import Controller, Method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -448,72 +448,36 @@ class P2PController(Controller):
                 layer.index for layer in layers if layer.kind == "cross" and layer.grid == self.blend_grid
             )
             self.prob_layers = self.blend_layers
-        self.replace_layers = self.cross_layers | self.self_layers
-        for index in self.replace_layers:
-            processor = self.run.original_processor(layers[index])
-            if type(processor).__name__ not in PLAIN_PROCESSORS:
-                raise UnsupportedModelError(
-                    f"p2p rewrites attention probabilities, but {layers[index].name} runs "
-                    f"{type(processor).__name__} (an adapter or custom processor); unload it for editing"
-                )
+        self.edit_layers = self.cross_layers | self.self_layers
         self.layers = layers
         self.report.data["self_replace_layers"] = [layers[i].name for i in sorted(self.self_layers)]
 
     def layers_at(self, step):
-        replace = set()
+        edit = set()
         if self.edit.cross_active(step):
-            replace |= self.cross_layers
+            edit |= self.cross_layers
         if self.edit.self_active(step):
-            replace |= self.self_layers
-        read = self.blend_layers - replace
-        return frozenset(read), frozenset(replace)
+            edit |= self.self_layers
+        return Touch(read=self.blend_layers, probs=frozenset(edit))
 
     def begin_step(self, step):
         self._step_maps = []
 
     def on_probs(self, layer, step, probs):
-        self._record(probs)
-
-    def _record(self, probs: torch.Tensor) -> None:
-        """Blend store: ``(2, N, T)`` head-averaged probabilities of one blend layer at this step."""
+        """Blend store: ``(2, N, T)`` head-averaged probabilities of one blend layer at this step (after the edit)."""
         h, w = self.blend_grid
         self._step_maps.append(probs.detach().float().reshape(probs.shape[0], h, w, -1))
 
-    def attend(self, layer, step, attn, hidden_states, *, encoder_hidden_states, attention_mask, temb, rows, **extra):
-        if rows is None or rows.stop - rows.start != 2:
-            count = 0 if rows is None else rows.stop - rows.start
+    def edit_probs(self, layer, step, probs):
+        """``(2, heads, N, T)`` source and target rows: the target's cross-attention from the edit's rule, its
+        self-attention the source's."""
+        if probs.shape[0] != 2:
             raise AttnKitError(
-                f"p2p needs one source and one target image per denoiser call; this call has {count} conditional "
-                "rows (use num_images_per_prompt=1)"
+                f"p2p needs one source and one target image per denoiser call; this call has {probs.shape[0]} "
+                "conditional rows (use num_images_per_prompt=1)"
             )
-        inner = self.run.original_processor(layer)
-        batch = hidden_states.shape[0]
-        text = encoder_hidden_states
-        is_cross = layer.kind == "cross"
-        blend = is_cross and layer.index in self.blend_layers
-
-        def pick(x, part):
-            return x[part] if torch.is_tensor(x) and x.shape[0] == batch else x
-
-        def edit(probs):
-            src, tgt = probs[0], probs[1]
-            new = self.edit.cross(src, tgt, step) if is_cross else src
-            probs = torch.stack([src, new])
-            if blend:
-                self._record(probs.mean(dim=1))
-            return probs
-
-        parts = []
-        for part in (slice(0, rows.start), rows, slice(rows.stop, batch)):
-            if part.stop <= part.start:
-                continue
-            if part == rows:
-                parts.append(attention_with_probs(attn, hidden_states[part], pick(text, part), edit=edit,
-                                                  attention_mask=pick(attention_mask, part), temb=pick(temb, part)))
-            else:
-                parts.append(inner(attn, hidden_states[part], encoder_hidden_states=pick(text, part),
-                                   attention_mask=pick(attention_mask, part), temb=pick(temb, part)))
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        src, tgt = probs[0], probs[1]
+        return torch.stack([src, self.edit.cross(src, tgt, step) if layer.kind == "cross" else src])
 
     def end_step(self, step):
         if self.edit.blend is not None and self._step_maps:

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.attention import PLAIN_PROCESSORS, attention_output
 from ..core.phrases import PARSERS, Phrase, noun_phrases
 from ..core.steps import check_window
-from ..errors import AttnKitError, UnsupportedModelError
+from ..errors import AttnKitError
 from .base import Controller, Method
 from .fields import Field
 
@@ -168,62 +167,56 @@ class StructuredController(Controller):
     def bind(self, layers, latent_hw):
         if not self.phrases:
             return
-        cross = [layer for layer in layers if layer.kind == "cross"]
-        for layer in cross:
-            processor = self.run.original_processor(layer)
-            name = type(processor).__name__
-            if name not in PLAIN_PROCESSORS:
-                raise UnsupportedModelError(
-                    f"structured changes the cross-attention values, but {layer.module} has a {name} processor "
-                    "(IP-Adapter or custom) whose work it would drop; remove that processor or turn structured off"
-                )
-            attn = self.run.denoiser.get_submodule(layer.module)
-            if attn.norm_cross:
-                raise UnsupportedModelError(
-                    f"structured needs linear value projections, but {layer.module} normalises the text first"
-                )
-        self.replace_layers = frozenset(layer.index for layer in cross)
-        self.report.data["layers"] = len(cross)
+        self.text_layers = frozenset(layer.index for layer in layers if layer.kind == "cross")
+        self.report.data["layers"] = len(self.text_layers)
 
     def wants_step(self, step):
         return step.within(self.config.steps)
 
-    def _check_prompt(self, text: torch.Tensor, rows: slice) -> None:
-        """Once per run: do the pipeline's prompt embeddings match attnkit's own encoding of the prompt?"""
+    def _check_prompt(self, text: torch.Tensor, rows: torch.Tensor) -> None:
+        """Once per run: do the runtime's prompt embeddings match attnkit's own encoding of the prompt?"""
         self._checked = True
-        w0 = self.sequences[0].to(text.device, text.dtype)
-        if not torch.allclose(text[rows][:1], w0, atol=1e-3, rtol=1e-3):
+        w0 = self.sequences[0]
+        n = min(w0.shape[1], text.shape[1])
+        if w0.shape[-1] == text.shape[-1] and not torch.allclose(
+                text[rows[:1], :n].float(), w0[:, :n].to(text.device).float(), atol=1e-3, rtol=1e-3):
             self.report.warnings.append(
-                "the pipeline's prompt embeddings differ from attnkit's encoding of the prompt (prompt weighting, "
+                "the prompt embeddings differ from attnkit's encoding of the prompt (prompt weighting, "
                 "clip_skip, prompt_2?); phrase embeddings were applied as differences to them"
             )
 
-    def attend(self, layer, step, attn, hidden_states, *, encoder_hidden_states, attention_mask, temb, rows, **extra):
-        text = encoder_hidden_states
+    def edit_text(self, layer, step, keys, values, rows):
+        """Default mode: keys from the prompt, values from the mean of the aligned sequences. Conjunction mode: one
+        key text per sequence (the first as ``conjunction_first_key`` says), values from ``W~_all``. Applied as
+        differences to the runtime's own text, on the conditional rows (padded or cut to its length: a host's
+        longer prompt keeps its later chunks)."""
         if not self._checked:
-            self._check_prompt(text, rows)
+            self._check_prompt(keys, rows)
+
+        def fit(offset):  # (g, T0, C) -> (g, T, C)
+            offset = offset.to(keys.device, keys.dtype)
+            t = keys.shape[1]
+            if t == offset.shape[1]:
+                return offset
+            if t < offset.shape[1]:
+                return offset[:, :t]
+            return torch.cat([offset, offset.new_zeros(offset.shape[0], t - offset.shape[1], offset.shape[2])], 1)
+
         if not self.config.conjunction:
-            values = text.clone()
-            values[rows] += self.value_offset.to(text.device, text.dtype)
-            return attention_output(attn, hidden_states, text, values, attention_mask, temb)
-        outputs = []
-        if rows.start:
-            uncond = slice(0, rows.start)
-            outputs.append(attention_output(attn, hidden_states[uncond], text[uncond], text[uncond],
-                                            _rows(attention_mask, uncond), _rows(temb, uncond)))
-        cond = text[rows]
-        keys = (cond.unsqueeze(0) + self.key_offsets.to(text.device, text.dtype).unsqueeze(1)).flatten(0, 1)
-        values = cond + self.conj_value_offset.to(text.device, text.dtype)
-        outputs.append(attention_output(attn, hidden_states[rows], keys, values, _rows(attention_mask, rows),
-                                        _rows(temb, rows), groups=self.key_offsets.shape[0]))
-        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+            values = values.clone()
+            values[rows] += fit(self.value_offset)
+            return [keys], values
+        groups = []
+        for offset in fit(self.key_offsets):
+            group = keys.clone()
+            group[rows] += offset
+            groups.append(group)
+        values = values.clone()
+        values[rows] += fit(self.conj_value_offset)
+        return groups, values
 
     def finish(self):
         self.report.data["steps"] = self.run.report.steps
-
-
-def _rows(x, rows: slice):
-    return x[rows] if torch.is_tensor(x) and x.ndim > 0 else x
 
 
 def pipe_tokens(tokenizer, text: str) -> list[int]:

@@ -14,6 +14,8 @@ import torch
 import attnkit
 from attnkit.hosts import kernel as hostkernel
 from attnkit.core.attention import unet_cross_attention_probs
+from attnkit.core.engine import Event
+from attnkit.core.processor import computed_attention
 from attnkit.methods import Observe, StructuredGuidance
 
 from .conftest import ROOT
@@ -62,9 +64,9 @@ def test_structured_patch_equals_the_diffusers_processor(sd15, conjunction):
     with attnkit.attach(sd15, [method], prompt=PROMPT) as run:
         controller = run.controllers[0]
         layer = next(i for i in run.layers if i.module == "down_blocks.0.attentions.0.transformer_blocks.0.attn2")
-        with torch.no_grad():
-            expected = controller.attend(layer, None, attn, hidden, encoder_hidden_states=text, attention_mask=None,
-                                         temb=None, rows=slice(1, 2))
+        with torch.no_grad():  # the diffusers adapter of the same event
+            expected = computed_attention(attn, hidden, text, event=Event(text=controller), layer=layer, step=None,
+                                          rows=slice(1, 2))
     host = hostkernel.HostRun([method], PROMPT, sd15.tokenizer, family="sd", steps=1,
                               encode=lambda t: hostsim_encode(sd15, t), blocks=[(("input", 1, 0), 1)])
     with torch.no_grad():
@@ -87,6 +89,68 @@ def test_observe_patch_reads_the_same_probabilities_as_the_diffusers_runtime(sd1
     torch.testing.assert_close(raw, probs[..., 3].reshape(1, 8, 8), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("edit", ["replace", "refine", "reweight"])
+def test_p2p_patches_equal_the_diffusers_processor(sd15, edit):
+    """Prompt-to-Prompt through the host patches (attn2 and attn1 replaces, rows [uncond src, uncond tgt, src, tgt] as
+    ComfyUI batches them) computes what the diffusers adapter computes: the same controller code, no host copy."""
+    from attnkit.core.steps import StepInfo
+    from attnkit.methods import P2P
+
+    source, target = {"replace": ("a red car", "a blue car"), "refine": ("a red car", "a red sports car"),
+                      "reweight": ("a red car", "a red car")}[edit]
+    method = P2P(edit=edit, reweight={"red": 3.0} if edit == "reweight" else {}, self_replace_res=8)
+    block = sd15.unet.down_blocks[0].attentions[0].transformer_blocks[0]
+    torch.manual_seed(0)
+    hidden = torch.randn(4, 64, block.attn2.to_q.in_features)
+    uncond = hostsim_encode(sd15, "")
+    text = torch.cat([uncond, uncond, hostsim_encode(sd15, source), hostsim_encode(sd15, target)])
+    step = StepInfo(0, 10, 14.6)
+    with attnkit.attach(sd15, [method], prompt=source, target_prompt=target) as run:
+        run.bind((8, 8))
+        controller = run.controllers[0]
+        expected = {}
+        for kind, attn, ctx in (("cross", block.attn2, text), ("self", block.attn1, None)):
+            layer = next(i for i in run.layers if i.module == f"down_blocks.0.attentions.0.transformer_blocks.0."
+                         f"attn{2 if kind == 'cross' else 1}")
+            with torch.no_grad():
+                expected[kind] = computed_attention(attn, hidden, ctx, event=Event(editors=(controller,)), layer=layer,
+                                                    step=step, rows=slice(2, 4))
+    host = hostkernel.HostRun([method], source, sd15.tokenizer, family="sd", steps=10, blocks=[(("input", 1, 0), 1)],
+                              target_prompt=target)
+    assert host.needs_self and not host.needs_patch
+    with torch.no_grad():
+        got_cross = _host_layer(host, block.attn2, hidden, text)
+        attn = block.attn1
+        out = host.replace(None, "self")(attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden),
+                                         _extra(attn, ("input", 1, 0)))
+        got_self = attn.to_out[1](attn.to_out[0](out))
+    torch.testing.assert_close(got_cross, expected["cross"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_self, expected["self"], atol=1e-5, rtol=1e-5)
+    plain = block.attn2(hidden, encoder_hidden_states=text)
+    torch.testing.assert_close(got_cross[:3], plain[:3], atol=1e-5, rtol=1e-5)  # only the target row changes
+    assert (got_cross[3] - plain[3]).abs().max() > 1e-4
+    # the target's self-attention is the source's probabilities over the target's own values (the naive formula)
+    heads = attn.heads
+
+    def split(x):
+        return x.reshape(x.shape[0], heads, -1).transpose(0, 1)
+
+    q, k, v = (split(f(hidden[r])) for f, r in ((attn.to_q, 2), (attn.to_k, 2), (attn.to_v, 3)))
+    naive = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1) @ v
+    naive = attn.to_out[0](naive.transpose(0, 1).reshape(64, -1))
+    torch.testing.assert_close(got_self[3], naive, atol=1e-5, rtol=1e-5)
+    assert (got_self[3] - block.attn1(hidden)[3]).abs().max() > 1e-4
+
+
+def test_p2p_local_blend_is_refused_in_hosts(sd15):
+    from attnkit.errors import UnsupportedModelError
+    from attnkit.methods import P2P
+
+    with pytest.raises(UnsupportedModelError, match="p2p changes the latents after every step"):
+        hostkernel.HostRun([P2P(blend_words=["car"])], "a red car", sd15.tokenizer, family="sd", steps=4,
+                           target_prompt="a blue car", host="ComfyUI")
+
+
 def _layer_inputs(sd15):
     """One cross-attention layer of the tiny UNet, image tokens of an 8x8 latent, [uncond, cond] text."""
     attn = sd15.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
@@ -100,10 +164,15 @@ def hostsim_encode(pipe, text):
     return pipe.encode_prompt(text, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
 
 
+def _extra(attn, key, batch=2):
+    """ComfyUI's extra_options of one transformer block (``comfy/ldm/modules/attention.py``)."""
+    return {"n_heads": attn.heads, "dim_head": attn.to_q.out_features // attn.heads, "block": key[:2],
+            "block_index": key[2], "transformer_index": 7, "original_shape": [batch, 4, 8, 8], "cond_or_uncond": [1, 0],
+            "sigmas": torch.full((batch,), 14.6)}
+
+
 def _host_layer(run, attn, hidden, text, key=("input", 1, 0)):
-    extra = {"n_heads": attn.heads, "dim_head": attn.to_q.out_features // attn.heads, "block": key[:2],
-             "block_index": key[2], "transformer_index": 7, "original_shape": [2, 4, 8, 8], "cond_or_uncond": [1, 0],
-             "sigmas": torch.tensor([14.6, 14.6])}
+    extra = _extra(attn, key, hidden.shape[0])
     n, context, value = hidden, text, text
     if run.needs_patch:
         n, context, value = run.attn2_patch(n, context, value, extra)

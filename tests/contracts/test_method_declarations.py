@@ -21,8 +21,8 @@ def test_every_method_declares_what_it_needs(method):
 
 
 def test_what_runs_on_host_patches_follows_the_declarations():
-    assert PATCH_HOOKS == {"read", "text"}
-    assert [m.id for m in ALL if runs_on_patches(m)] == ["observe", "structured"]
+    assert PATCH_HOOKS == {"read", "text", "probs"}
+    assert [m.id for m in ALL if runs_on_patches(m)] == ["observe", "structured", "p2p"]
     assert AttendExcite.needs_words and AStar.needs_words and not Observe.needs_words
     assert StructuredGuidance.attention == {"text"} and "probs" in P2P.attention
 
@@ -33,8 +33,7 @@ def test_a_method_the_patches_cannot_honour_is_refused_by_name():
     from attnkit.hosts.kernel import HostRun
 
     pipe = attnkit.load_pipeline("tiny-sd15", device="cpu")
-    with pytest.raises(UnsupportedModelError, match="p2p cannot run through ComfyUI's attention patches"):
-        HostRun([P2P(edit="reweight", reweight={"car": 2.0})], "a car", pipe.tokenizer, family="sd", steps=2,
-                host="ComfyUI")
+    with pytest.raises(UnsupportedModelError, match="pka cannot run through ComfyUI's attention patches"):
+        HostRun([PKA()], "a car", pipe.tokenizer, family="sd", steps=2, host="ComfyUI")
     with pytest.raises(UnsupportedModelError, match="a_star cannot run through Forge's attention patches .*gradient"):
         HostRun([AStar(words=["car"])], "a car", pipe.tokenizer, family="sd", steps=2, host="Forge")

@@ -17,7 +17,7 @@ from PIL import Image
 
 import attnkit
 from attnkit import AttnKitError, Interrupted, UnsupportedModelError, editing
-from attnkit.core.attention import attention_with_probs
+from attnkit.core.processor import computed_attention
 from attnkit.editing.inversion import DDIM, NullTextConfig, cfg_step, ddim_invert, denoise, null_text_step
 from attnkit.core.processor import LayerProcessor
 
@@ -54,15 +54,32 @@ def test_ddim_step_is_the_schedulers(sd15):
 
 
 def test_explicit_attention_equals_the_sdpa_processor(sd15):
+    """The adapter's own computation, on its fast path and with the probabilities made explicit for an editor (that
+    leaves them as they are), equals diffusers' SDPA processor on self- and cross-attention."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
+    from attnkit.core.engine import Event
+    from attnkit.core.layers import LayerInfo
+    from attnkit.methods import Observe
+    from attnkit.methods.base import Controller
+
+    class Same(Controller):
+        def edit_probs(self, layer, step, probs):
+            self.seen = probs.shape
+            return probs
+
+    same = Same(Observe(), None)
     for attn in (sd15.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1,
                  sd15.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2):
         g = torch.Generator().manual_seed(1)
         hidden = torch.randn(2, 64, attn.to_q.in_features, generator=g)
         text = torch.randn(2, 77, 32, generator=g) if attn.is_cross_attention else None
         expected = AttnProcessor2_0()(attn, hidden, text)
-        torch.testing.assert_close(attention_with_probs(attn, hidden, text), expected, rtol=1e-4, atol=1e-5)
+        layer = LayerInfo(0, "x", "x", "cross" if text is not None else "self", "down", 0, attn.heads, 1, 1, (8, 8))
+        torch.testing.assert_close(computed_attention(attn, hidden, text), expected, rtol=1e-4, atol=1e-5)
+        explicit = computed_attention(attn, hidden, text, event=Event(editors=(same,)), layer=layer, rows=slice(1, 2))
+        torch.testing.assert_close(explicit, expected, rtol=1e-4, atol=1e-5)
+        assert same.seen == (1, attn.heads, 64, 77 if text is not None else 64)
 
 
 def test_null_text_fast_path_equals_the_batch_of_two(sd15):

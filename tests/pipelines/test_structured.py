@@ -6,6 +6,8 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 import attnkit
+from attnkit.core.engine import Event
+from attnkit.core.processor import computed_attention
 from attnkit.methods import Observe, StructuredConfig, StructuredGuidance
 
 from ..conftest import FAST, plain, with_attnkit
@@ -78,8 +80,7 @@ def test_default_mode_shortcut_equals_naive_k_plus_1_values(pipes, family):
     uncond = torch.randn(1, 77, attn.to_k.in_features, generator=g)
     text = torch.cat([uncond, c.sequences[0]])
     with torch.no_grad():
-        ours = c.attend(info, None, attn, hidden, encoder_hidden_states=text, attention_mask=None, temb=None,
-                        rows=slice(1, 2))
+        ours = computed_attention(attn, hidden, text, event=Event(text=c), layer=info, rows=slice(1, 2))
         naive_cond = naive_heads(attn, hidden[1:], c.sequences[0], c.sequences)
         plain_uncond = AttnProcessor2_0()(attn, hidden[:1], uncond)
     torch.testing.assert_close(ours[1:], naive_cond, rtol=1e-5, atol=1e-6)
@@ -98,8 +99,7 @@ def test_conjunction_mode_equals_naive(sd15, first_key):
     first = c.substituted if first_key == "official" else c.sequences[0]
     keys = [first] + c.sequences[1:]
     with torch.no_grad():
-        ours = c.attend(info, None, attn, hidden, encoder_hidden_states=text, attention_mask=None, temb=None,
-                        rows=slice(2, 4))
+        ours = computed_attention(attn, hidden, text, event=Event(text=c), layer=info, rows=slice(2, 4))
         for row in (2, 3):
             naive = naive_heads(attn, hidden[row : row + 1], keys, [c.substituted])
             torch.testing.assert_close(ours[row : row + 1], naive, rtol=1e-5, atol=1e-6)

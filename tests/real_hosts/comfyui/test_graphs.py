@@ -58,6 +58,10 @@ def test_every_example_workflow_runs(executor, name):
     sampler = next(n for n in graph.values() if n["class_type"] == "KSampler")
     save = next(i for i, n in graph.items() if n["class_type"] == "SaveImage")
     result = run_ok(executor, graph)
+    if "prompt_to_prompt" in name:  # no plain counterpart: it samples [source, edited] (see the P2P tests below)
+        source, edited = result.images[save]
+        assert differs(source, edited) > CHANGED
+        return
     plain = json.loads(json.dumps(graph))
     plain_sampler = next(n for n in plain.values() if n["class_type"] == "KSampler")
     loader = next(i for i, n in plain.items() if n["class_type"] == "CheckpointLoaderSimple")
@@ -531,3 +535,52 @@ def test_a_failing_gradient_pass_names_attnkit_and_its_node(executor):
     message = result.error["exception_message"]
     assert message.startswith("AttnKit Apply Attend-and-Excite (node attnkit): the gradient pass of attend_excite")
     assert "step 1" in message and "a kernel failed in the gradient pass" in message
+
+
+def p2p_graph(source="a cat riding a bicycle", target="a dog riding a bicycle", seed=3, **values) -> dict:
+    """Checkpoint -> AttnKit Prompt-to-Prompt -> KSampler -> VAE Decode -> Save Image (two images)."""
+    g = host.base_graph(prompt=source, seed=seed, words=None)
+    del g["pos"]
+    g["p2p"] = {"class_type": "AttnKitPromptToPrompt", "inputs": {
+        **host.node_defaults("AttnKitPromptToPrompt"), "model": ["ckpt", 0], "clip": ["ckpt", 1],
+        "latent": ["latent", 0], "source": source, "target": target, **values}}
+    g["sampler"]["inputs"].update(model=["p2p", 0], positive=["p2p", 1], latent_image=["p2p", 2])
+    return g
+
+
+def test_prompt_to_prompt_edits_in_comfyui_through_the_same_code(executor):
+    """The AttnKit Prompt-to-Prompt node in a real graph: the source row is the plain image of the source prompt
+    (same seed, same noise); with both injection windows at 0 the edited row is the plain target image, with them it
+    is another (the injection acts), closer to the source at full injection; reweighting by 1 changes nothing, by 4 it
+    does; refine runs."""
+    source, target = "a cat riding a bicycle", "a dog riding a bicycle"
+    plain_source = run_ok(executor, host.base_graph(prompt=source, seed=3, words=None)).image()
+    plain_target = run_ok(executor, host.base_graph(prompt=target, seed=3, words=None)).image()
+    src, edited = run_ok(executor, p2p_graph(source, target)).images["save"]
+    assert differs(src, plain_source) < 0.5, "the source row is the source prompt's own image"
+    _, untouched = run_ok(executor, p2p_graph(source, target, cross_replace=0.0, self_replace=0.0)).images["save"]
+    assert differs(untouched, plain_target) < 0.5, "no injection: the target prompt's own image"
+    assert differs(edited, untouched) > CHANGED, "the injection changes the edited image"
+    _, full = run_ok(executor, p2p_graph(source, target, cross_replace=1.0, self_replace=1.0)).images["save"]
+    print(f"\nmean abs difference to the source image: plain target {differs(plain_target, src):.2f}, "
+          f"edited (0.8/0.4) {differs(edited, src):.2f}, edited (1/1) {differs(full, src):.2f}")
+    assert differs(full, src) < differs(plain_target, src)
+    _, same = run_ok(executor, p2p_graph(source, source, edit="reweight", reweight="cat=1")).images["save"]
+    assert differs(same, src) < 0.5, "reweighting by 1 is the source image"
+    _, stronger = run_ok(executor, p2p_graph(source, source, edit="reweight", reweight="cat=4")).images["save"]
+    assert differs(stronger, src) > CHANGED
+    _, refined = run_ok(executor, p2p_graph(source, "a fluffy cat riding a bicycle", edit="refine")).images["save"]
+    assert differs(refined, src) > CHANGED
+
+
+def test_prompt_to_prompt_bad_input_is_named_at_its_node(executor):
+    result = executor.run(p2p_graph("a cat riding a bicycle", "a dog on a red bicycle"))
+    assert not result.ok
+    message = result.error["exception_message"]
+    assert "AttnKit Prompt-to-Prompt (node p2p)" in message and "refine" in message
+    result = executor.run(p2p_graph(edit="reweight", reweight="horse=2", target="a cat riding a bicycle"))
+    assert not result.ok and "horse" in result.error["exception_message"]
+    g = p2p_graph()
+    g["latent"]["inputs"]["batch_size"] = 2
+    result = executor.run(g)
+    assert not result.ok and "batch 1" in result.error["exception_message"]
