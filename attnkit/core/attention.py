@@ -70,25 +70,23 @@ def flux_qkv(attn, hidden_states, encoder_hidden_states=None, values: bool = Tru
     text first when ``encoder_hidden_states`` is given, before RoPE. ``values=False`` skips the value projections
     (``None`` in their place)."""
     fused = getattr(attn, "fused_projections", False)
-    if fused:
-        q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-    else:
-        q, k = attn.to_q(hidden_states), attn.to_k(hidden_states)
-        v = attn.to_v(hidden_states) if values else None
-    q = attn.norm_q(q.unflatten(-1, (-1, attn.head_dim)))
-    k = attn.norm_k(k.unflatten(-1, (-1, attn.head_dim)))
-    v = v.unflatten(-1, (-1, attn.head_dim)) if values else None
-    if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
-        if fused and hasattr(attn, "to_added_qkv"):
-            eq, ek, ev = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+
+    def stream(x, fused_name, names, norms):
+        """One stream's q, k(, v) ``(B, L, H, D)``: the image stream's projections, or the text stream's."""
+        if fused and hasattr(attn, fused_name):
+            parts = list(getattr(attn, fused_name)(x).chunk(3, dim=-1))
         else:
-            eq, ek = attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states)
-            ev = attn.add_v_proj(encoder_hidden_states) if values else None
-        eq = attn.norm_added_q(eq.unflatten(-1, (-1, attn.head_dim)))
-        ek = attn.norm_added_k(ek.unflatten(-1, (-1, attn.head_dim)))
+            parts = [getattr(attn, n)(x) if (i < 2 or values) else None for i, n in enumerate(names)]
+        parts = [p.unflatten(-1, (-1, attn.head_dim)) if p is not None else None for p in parts]
+        return getattr(attn, norms[0])(parts[0]), getattr(attn, norms[1])(parts[1]), parts[2] if values else None
+
+    q, k, v = stream(hidden_states, "to_qkv", ("to_q", "to_k", "to_v"), ("norm_q", "norm_k"))
+    if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
+        eq, ek, ev = stream(encoder_hidden_states, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"),
+                            ("norm_added_q", "norm_added_k"))
         q, k = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1)
         if values:
-            v = torch.cat([ev.unflatten(-1, (-1, attn.head_dim)), v], dim=1)
+            v = torch.cat([ev, v], dim=1)
     return q, k, v
 
 

@@ -44,7 +44,9 @@ from ..errors import AttnKitError, UnsupportedModelError
 from ..methods.base import Controller, Method
 from ..core import engine
 from ..core.engine import GradPass
-from ..runtime import Report, gradient_pass
+from ..runtime.clock import Steps
+from ..runtime.contract import Report
+from ..runtime.gradients import gradient_pass
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +178,6 @@ class HostRun:
         self.host = host
         self.prompt = strip_weights(prompt)
         self.pipe = None
-        self._tokenizer = tokenizer
         self._encode = encode
         self._gradient = gradient
         self.on_error = on_error
@@ -185,20 +186,15 @@ class HostRun:
         self.on_work: Callable | None = None
         #: the error that stopped this run (only with ``on_error``); the patches pass through from then on
         self.failed: BaseException | None = None
-        self._tokens = PromptTokens({"tokenizer": TokenMap(self.prompt, tokenizer, 77)}, "tokenizer", 77)
+        self._tokenizer = tokenizer
+        self._tokens = self.tokens_of(self.prompt)
         #: the prompt the first one is edited into (Prompt-to-Prompt: the conditional rows are [source, target])
         self.target_prompt = strip_weights(target_prompt) if target_prompt is not None else None
         self.sequences = None
-        if self.target_prompt is not None:
-            from ..methods.p2p import Keys
-
-            self.sequences = (Keys(self._tokens.attention), Keys(TokenMap(self.target_prompt, tokenizer, 77)))
         self.report = Report()
-        self.clock = StepClock(steps, schedule)
+        self.schedule = StepClock(steps, schedule)
         self.fallback = fallback or sdpa_heads
-        self.step: StepInfo | None = None
         self._host_step: int | None = None
-        self._last_index = -1
         self.latent_hw: tuple[int, int] | None = None
         if blocks is None:
             blocks = [(("grid", f, 0), f) for f in UNET_FACTORS[family]]
@@ -217,6 +213,8 @@ class HostRun:
         self._t0 = time.perf_counter()
         self._finished = False
         self.controllers: list[Controller] = [m.controller(self) for m in self.methods]
+        #: the step clock (shared with the library's runs); ``schedule`` places a call's noise level in it
+        self.clock = Steps(self.controllers)
         self.updaters = [c for c in self.controllers if c.updates_latents]
         blenders = [c.method.id for c in self.controllers if c.edits_step_latents]
         if blenders:
@@ -230,6 +228,11 @@ class HostRun:
     def __deepcopy__(self, memo):
         return self
 
+    @property
+    def step(self) -> StepInfo | None:
+        """The step in progress."""
+        return self.clock.step
+
     def _fail(self, exc: BaseException) -> None:
         if self.failed is None:
             self.failed = exc
@@ -239,6 +242,10 @@ class HostRun:
     @property
     def tokens(self) -> PromptTokens:
         return self._tokens
+
+    def tokens_of(self, text: str) -> PromptTokens:
+        """Token maps of ``text`` (weights and ``BREAK`` stripped) by the host's tokenizer."""
+        return PromptTokens({"tokenizer": TokenMap(strip_weights(text), self._tokenizer, 77)}, "tokenizer", 77)
 
     def encode_text(self, text: str) -> torch.Tensor:
         if self._encode is None:
@@ -274,8 +281,8 @@ class HostRun:
 
     def step_at(self, sigma: float) -> StepInfo:
         """The step a sampler is at for noise level ``sigma`` (from the schedule)."""
-        index = self.clock.at(float(sigma))
-        return StepInfo(index, self.clock.count, float(sigma))
+        index = self.schedule.at(float(sigma))
+        return StepInfo(index, self.schedule.count, float(sigma))
 
     # --- what the adapters install
     @property
@@ -297,7 +304,7 @@ class HostRun:
         """The host's own step index and step count (A1111's and Forge's ``on_cfg_denoiser``); preferred over
         the noise-level clock, which cannot tell a second model call within one step (Heun, DPM2) from a new step."""
         self._host_step = int(index)
-        self.clock.count = max(int(count), 1)
+        self.schedule.count = max(int(count), 1)
 
     def _advance(self, extra_options: dict) -> StepInfo:
         if self._grad is not None:
@@ -308,20 +315,14 @@ class HostRun:
         else:
             sigmas = extra_options.get("sigmas")
             marker = float(sigmas.flatten()[0]) if torch.is_tensor(sigmas) else float(sigmas if sigmas is not None else 0)
-            index = self.clock.at(marker)
-        if self.step is None or self.step.index != index:
-            if self.step is not None:
-                for c in self.controllers:
-                    c.end_step(self.step)
-            self.step = StepInfo(index, self.clock.count, marker)
-            self._last_index = max(self._last_index, index)
-            if self.latent_hw is None:
-                self._bind(extra_options)
-            for c in self.controllers:
-                c.begin_step(self.step)
-            self.routes = engine.events(self.controllers, [c.layers_at(self.step) for c in self.controllers],
+            index = self.schedule.at(marker)
+        if self.latent_hw is None:
+            self._bind(extra_options)
+        step, began = self.clock.at(index, self.schedule.count, marker)
+        if began:
+            self.routes = engine.events(self.controllers, [c.layers_at(step) for c in self.controllers],
                                         len(self.layers), True)
-        return self.step
+        return step
 
     def bind_latent(self, latent_hw: tuple[int, int]) -> None:
         """Place the layers on a ``(h, w)`` latent now (what the first denoiser call does): raises the methods'
@@ -458,9 +459,8 @@ class HostRun:
             return self.report
         self._finished = True
         if self.step is not None:
-            for c in self.controllers:
-                c.end_step(self.step)
-        self.report.steps = self._last_index + 1
+            self.clock.end()
+        self.report.steps = self.clock.last_index + 1
         self.report.grid = self.latent_hw
         self.report.timings["total_s"] = time.perf_counter() - self._t0
         for c in self.controllers:

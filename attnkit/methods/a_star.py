@@ -31,7 +31,7 @@ from ..errors import AttnKitError
 from .attend_excite import _check_common, _whole
 from .base import check_ranges
 from .fields import Field
-from .latent import LatentController, LatentMethod
+from .latent import LatentController, LatentMethod, target_rows
 
 
 def segregation_loss(maps: torch.Tensor) -> torch.Tensor:
@@ -170,10 +170,7 @@ class AStar(LatentMethod):
     controller_class = AStarController
     #: the options users see: labels, kinds, ranges (this method's rows of the field table)
     fields = (
-        Field("a_star", "words", "Concept words", "words", None, "the concepts to keep apart and alive"),
-        Field("a_star", "token_indices", "Token positions", "indices", None,
-              "positions of the concept tokens instead of words, e.g. 2, 5 (the start token is 0, the first word 1)",
-              advanced=True, limit=16),
+        *target_rows("a_star", "Concept words", "the concepts to keep apart and alive", "concept"),
         Field("a_star", "tau", "Retention threshold", "float", 0.5,
               "fraction of a map's max that counts as the concept's area", minimum=0.05, maximum=0.95, step=0.05),
         Field("a_star", "scale_factor", "Step size", "float", 20.0, "scale of the latent update",

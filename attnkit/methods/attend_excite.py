@@ -24,7 +24,7 @@ import torch
 from ..errors import AttnKitError
 from .base import check_ranges
 from .fields import Field
-from .latent import SMOOTHING, LatentController, LatentMethod
+from .latent import SMOOTHING, LatentController, LatentMethod, target_rows
 
 MAX_STEPS = 1000  # most threshold steps; the numbers' ranges are the field table's (check_ranges)
 
@@ -149,10 +149,7 @@ class AttendExcite(LatentMethod):
     controller_class = AttendExciteController
     #: the options users see: labels, kinds, ranges (this method's rows of the field table)
     fields = (
-        Field("attend_excite", "words", "Subject words", "words", None, "the subjects that must appear"),
-        Field("attend_excite", "token_indices", "Token positions", "indices", None,
-              "positions of the subject tokens instead of words, e.g. 2, 5 (the start token is 0, the first word 1)",
-              advanced=True, limit=16),
+        *target_rows("attend_excite", "Subject words", "the subjects that must appear", "subject"),
         Field("attend_excite", "max_iter_to_alter", "Optimised steps", "int", 25,
               "the first n steps each nudge the latent once", minimum=0, maximum=200, step=1),
         Field("attend_excite", "thresholds", "Refinement thresholds", "thresholds", {0: 0.05, 10: 0.5, 20: 0.8},

@@ -21,7 +21,7 @@ from ..errors import AttnKitError, UnsupportedModelError
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.layers import LayerInfo
     from ..core.steps import StepInfo
-    from ..runtime import Run
+    from ..runtime.contract import RunContext
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Controller:
     :meth:`end_step`; finally :meth:`finish`.
     """
 
-    def __init__(self, method: "Method", run: "Run"):
+    def __init__(self, method: "Method", run: "RunContext"):
         self.method = method
         self.config = method.config
         self.run = run
@@ -208,7 +208,7 @@ class Method:
         _check_sizes(self.id, config)
         self.config = config
 
-    def controller(self, run: "Run") -> Controller:
+    def controller(self, run: "RunContext") -> Controller:
         """A fresh controller holding this method's state for one run."""
         if run.family not in self.families:
             from ..models import FAMILY_NAMES as names

@@ -106,6 +106,18 @@ class LatentMethod(Method):
     needs_words = True
 
 
+def target_rows(method_id: str, label: str, help: str, noun: str) -> tuple:
+    """The field rows of a latent method's targets: its words, or token positions instead."""
+    from .fields import Field
+
+    return (
+        Field(method_id, "words", label, "words", None, help),
+        Field(method_id, "token_indices", "Token positions", "indices", None,
+              f"positions of the {noun} tokens instead of words, e.g. 2, 5 (the start token is 0, the first word 1)",
+              advanced=True, limit=16),
+    )
+
+
 class LatentController(Controller):
     """Shared per-run machinery: concepts from words, the map layers, the step sizes, and a per-image update loop.
 

@@ -56,7 +56,7 @@ from ..errors import AttnKitError
 from .base import Controller, Method
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..runtime import Run
+    from ..runtime.contract import RunContext
 
 EDITS = ("replace", "refine", "reweight")
 _CHUNK = re.compile(r"\S+")
@@ -406,7 +406,7 @@ class P2PEdit:
 class P2PController(Controller):
     """Applies one :class:`P2PEdit` to the conditional source/target rows of each denoiser call."""
 
-    def __init__(self, method, run: "Run"):
+    def __init__(self, method, run: "RunContext"):
         super().__init__(method, run)
         if run.sequences is not None:
             source, target = run.sequences
@@ -416,11 +416,8 @@ class P2PController(Controller):
                     "p2p edits one prompt into another: use attnkit.prompt_to_prompt(pipe, source, target, ...) or "
                     "attnkit.edit(...), or pass target_prompt= to attach()"
                 )
-            from ..core.tokens import prompt_tokens
-
             source = Keys(run.tokens.attention)
-            target_tokens = prompt_tokens(run.pipe, run.target_prompt, run.family, run.max_sequence_length)
-            target = Keys(target_tokens.attention)
+            target = Keys(run.tokens_of(run.target_prompt).attention)
         self.edit = P2PEdit(self.config, source, target)
         self.report.data.update(source=source.prompt, target=target.prompt, edit=self.config.edit)
         self.cross_layers: frozenset[int] = frozenset()

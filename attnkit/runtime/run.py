@@ -1,99 +1,40 @@
-"""The per-call runtime: :class:`Run`, :func:`attach` and :func:`generate`.
+"""The library's runtime for diffusers pipelines: :class:`Run`.
 
 A :class:`Run` is made for one generation call and owns all of its state: the token map of the prompt, the layers
-with their query grids, the current step, the methods' controllers and their reports. Nothing lives at module or
-class level, so two generations on two pipelines in two threads cannot interfere.
-
-Lifecycle:
-
-1. :func:`attach` wraps every attention processor of the denoiser in a :class:`~attnkit.core.processor.LayerProcessor`
-   and registers a forward pre-hook on the denoiser (to read the timestep, latent size and CFG layout of each
-   denoiser call). It restores the very same processor objects in ``finally``, whatever happens.
-2. A step begins at the first denoiser call after the run starts or after the previous step's callback. It ends in
-   :meth:`Run.callback`, which the pipeline calls as ``callback_on_step_end``. Steps are never inferred from layer
-   calls.
-3. On each denoiser call the run decides which layers any active method reads (``readers``); every other layer
-   call goes straight to the original processor.
+with their query grids, the step clock, the methods' controllers and their reports. Nothing lives at module or class
+level, so two generations on two pipelines in two threads cannot interfere. Its parts, one job each: attaching and
+restoring (:mod:`.install`, :mod:`.claims`), the step clock shared with the hosts (:mod:`.clock`), the CFG rows of
+each call (:mod:`.calls`), routing each layer call to one attention event (:mod:`attnkit.core.engine`, read by the
+processor in :mod:`attnkit.core.processor`), gradient passes (:mod:`.gradients`); :mod:`.drive` drives a pipeline
+call with it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
-import weakref
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from .core import engine
-from .core.engine import Event, GradPass, StopForward
-from .core.layers import LayerInfo, discover_layers, grid_for
-from .core.processor import PLAIN_PROCESSORS, LayerProcessor, call_arg
-from .core.steps import StepInfo
-from .core.tokens import PromptTokens, prompt_tokens
-from .errors import AlreadyAttachedError, AttnKitError, StepCallbackError, UnsupportedModelError, check_stop, shown
-from .methods.base import Controller, Method, MethodReport
-from .models import denoiser_of, family_of
+from ..core import engine
+from ..core.engine import Event, GradPass
+from ..core.layers import LayerInfo, discover_layers, grid_for
+from ..core.processor import PLAIN_PROCESSORS, LayerProcessor, call_arg
+from ..core.steps import StepInfo
+from ..core.tokens import PromptTokens, prompt_tokens
+from ..errors import AttnKitError, StepCallbackError, UnsupportedModelError, check_stop
+from ..methods.base import Controller, Method
+from ..models import denoiser_of, family_of
+from .calls import Call, Captured, describe_call
+from .claims import claim, release
+from .clock import Steps
+from .contract import Report
+from .gradients import gradient_pass
+from .install import Installation
 
 logger = logging.getLogger("attnkit")
-
-
-@dataclass
-class Report:
-    """Everything a run reports.
-
-    Attributes:
-        methods: ``{method id: MethodReport}``; also reachable as ``report["observe"]``.
-        steps: number of steps run.
-        timings: ``{"total_s": ...}``.
-        warnings: warnings of the run and of every method.
-        grid: the latent size (UNet) or token grid (Flux) the run saw.
-    """
-
-    methods: dict[str, MethodReport] = field(default_factory=dict)
-    steps: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    grid: tuple[int, int] | None = None
-
-    def __getitem__(self, method_id: str) -> MethodReport:
-        try:
-            return self.methods[method_id]
-        except KeyError:
-            raise KeyError(f"no report for {method_id!r}; this run had: {', '.join(self.methods) or 'no methods'}") from None
-
-    def __contains__(self, method_id: str) -> bool:
-        return method_id in self.methods
-
-
-class _Captured(Exception):
-    """Ends the dry pipeline call of :func:`generate` at its first denoiser call (inputs captured)."""
-
-
-def gradient_pass(owner, grad: GradPass, forward: Callable[[], Any]) -> dict[int, torch.Tensor]:
-    """Run ``forward`` (a denoiser call) as the gradient pass ``grad`` of ``owner`` (a run whose layers feed
-    ``owner._grad``): the forward ends early after the last layer read; returns ``{layer index: probabilities}``."""
-    owner._grad = grad
-    try:
-        forward()
-    except StopForward:
-        pass
-    finally:
-        owner._grad = None
-    if grad.remaining:
-        raise AttnKitError(f"the gradient pass never reached {len(grad.remaining)} of the layers it reads")
-    return grad.maps
-
-
-@dataclass
-class _Call:
-    """What the run knows about the denoiser call in progress."""
-
-    cond_rows: slice | None  # batch rows of the conditional branch; None when the call is unconditional only
-    text_len: int
 
 
 class Run:
@@ -169,23 +110,28 @@ class Run:
         self._tokens: PromptTokens | None = None
         self.layers: list[LayerInfo] = discover_layers(self.denoiser)
         self.latent_hw: tuple[int, int] | None = None
-        self.step: StepInfo | None = None
         self.on_step = on_step
         self.report = Report()
         self.controllers: list[Controller] = [m.controller(self) for m in self.methods]
         #: per layer index, what the current denoiser call does there (``None``: delegate untouched).
         self.routes: list[Event | None] = [None] * len(self.layers)
-        self._next_index = 0
-        self._call: _Call | None = None
-        self._cond_key = None
-        self._saved: dict[str, Any] | None = None
-        self._hook = None
+        #: the step clock (shared with the hosts' runs)
+        self.clock = Steps(self.controllers)
+        self._call: Call | None = None
+        self._cond_key: list = [None]  # Flux: the conditional call's text
+        #: the processors put on the denoiser and the ones to put back
+        self.installation = Installation(self.denoiser)
         self._t0 = 0.0
         self._grad: GradPass | None = None
         self._cond_inputs: dict[str, Any] | None = None  # the conditional branch's denoiser inputs, for gradients
         self._capture = False  # generate()'s dry call: stop at the first denoiser call
         self._updaters = [c for c in self.controllers if c.updates_latents]
         self._blenders = [c for c in self.controllers if c.edits_step_latents]
+
+    @property
+    def step(self) -> StepInfo | None:
+        """The step in progress (``None`` between steps)."""
+        return self.clock.step
 
     # ------------------------------------------------------------------------------------------------ tokens
 
@@ -202,6 +148,10 @@ class Run:
                 )
             self._tokens = prompt_tokens(self.pipe, self.prompt, self.family, self.max_sequence_length)
         return self._tokens
+
+    def tokens_of(self, text: str) -> PromptTokens:
+        """Token maps of ``text`` as this pipeline tokenises it."""
+        return prompt_tokens(self.pipe, text, self.family, self.max_sequence_length)
 
     def encode_text(self, text: str) -> torch.Tensor:
         """The pipeline's own prompt embedding of ``text`` (``(1, T, C)``), as its encoder produces it."""
@@ -229,18 +179,10 @@ class Run:
         and the claim are one atomic step: of two threads installing on one pipeline, exactly one proceeds)."""
         claim(self.denoiser, self._owner)
         try:
-            current = self.denoiser.attn_processors
-            self._saved = dict(current)
+            self.installation.put_on(
+                lambda current: {info.name: LayerProcessor(current[info.name], info, self) for info in self.layers},
+                self._on_denoiser_call)
         except BaseException:
-            release(self.denoiser, self._owner)
-            raise
-        wrappers = {info.name: LayerProcessor(current[info.name], info, self) for info in self.layers}
-        self.denoiser.set_attn_processor(wrappers)
-        try:
-            self._hook = self.denoiser.register_forward_pre_hook(self._on_denoiser_call, with_kwargs=True)
-        except BaseException:
-            self.denoiser.set_attn_processor(self._saved)
-            self._saved = None
             release(self.denoiser, self._owner)
             raise
         self._t0 = time.perf_counter()
@@ -254,12 +196,7 @@ class Run:
                 c.release()
             except Exception as exc:  # restore the processors first, then report
                 errors.append(exc)
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        if self._saved is not None:
-            self.denoiser.set_attn_processor(self._saved)
-            self._saved = None
+        if self.installation.take_off():
             release(self.denoiser, self._owner)
         if errors:
             raise errors[0]
@@ -267,7 +204,7 @@ class Run:
     def finish(self) -> Report:
         """Let every controller write its report; called after a successful pipeline call."""
         self.report.timings["total_s"] = time.perf_counter() - self._t0
-        self.report.steps = self._next_index
+        self.report.steps = self.clock.next_index
         self.report.grid = self.latent_hw
         for c in self.controllers:
             c.finish()
@@ -290,18 +227,15 @@ class Run:
                 f"the pipeline reported the end of step {step_index} but attnkit saw no denoiser call for it; "
                 "pass run.callback as callback_on_step_end to the same pipeline call"
             )
-        for c in self.controllers:
-            c.end_step(self.step)
-        if self.on_step is not None:
-            self.on_step(self.step)
-        check_stop(self.stop)
-        step = self.step
-        self._next_index = step_index + 1
-        count = step.count
-        self.step = None
+        step = self.clock.end()
         self.routes = [None] * len(self.layers)
+        if self.on_step is not None:
+            self.on_step(step)
+        check_stop(self.stop)
+        count = step.count
+        following = self.clock.next_index
         out: dict[str, Any] = {}
-        needs_latents = self._blenders or (self._updaters and self._next_index < count)
+        needs_latents = self._blenders or (self._updaters and following < count)
         if needs_latents and "latents" not in callback_kwargs:
             raise StepCallbackError(
                 "a method that changes the latents (latent optimisation, local blend) needs the latents at each step "
@@ -313,11 +247,11 @@ class Run:
             for c in self._blenders:
                 latents = c.step_latents(latents, step)
             out["latents"] = latents
-        if self._updaters and self._next_index < count:
+        if self._updaters and following < count:
             timesteps = self.pipe.scheduler.timesteps
-            nxt = StepInfo(self._next_index, count, float(timesteps[self._next_index]))
+            nxt = StepInfo(following, count, float(timesteps[following]))
             latents = out.get("latents", callback_kwargs["latents"])
-            out["latents"] = self.update_latents(latents, nxt, timesteps[self._next_index])
+            out["latents"] = self.update_latents(latents, nxt, timesteps[following])
         return out
 
     # ------------------------------------------------------------------------------ for loops driven by hand
@@ -335,7 +269,7 @@ class Run:
     @property
     def installed(self) -> bool:
         """Whether attnkit's processors are on the denoiser now."""
-        return self._saved is not None
+        return self.installation.active
 
     @property
     def step_count(self) -> int:
@@ -498,16 +432,14 @@ class Run:
             )
 
         if self.step is None:
-            self.step = StepInfo(self._next_index, self._count(), t)
-            for c in self.controllers:
-                c.begin_step(self.step)
+            self.clock.begin(self.clock.next_index, self._count(), t)
         elif t != self.step.timestep:
             raise StepCallbackError(
                 "the pipeline moved to a new timestep without calling attnkit's step callback; call the pipeline "
                 "with **run.call_kwargs() inside `with attnkit.attach(...) as run` (callback_on_step_end=run.callback)"
             )
 
-        self._call = self._describe_call(sample, text)
+        self._call = describe_call(self.family, self._cfg(), sample, text, self._cond_key)
         self.call_inputs = {"args": args, "kwargs": kwargs}
         if self._updaters and self._call.cond_rows is not None:
             self._keep_cond_inputs(sample, text, timestep, kwargs)
@@ -526,47 +458,9 @@ class Run:
         }
 
     def _capture_first_call(self, sample, text, timestep, kwargs) -> None:
-        self._call = self._describe_call(sample, text)
+        self._call = describe_call(self.family, self._cfg(), sample, text, self._cond_key)
         self._keep_cond_inputs(sample, text, timestep, kwargs)
-        raise _Captured
-
-    def first_step_latents(self, prompt: str, pipe_kwargs: dict) -> torch.Tensor:
-        """The latents of step 0, already updated by the latent-optimising methods (what :func:`generate` passes
-        as ``latents=``, divided by the scheduler's initial noise sigma).
-
-        The step callback updates the latents of every later step; step 0 comes before any callback. So a dry call
-        of the pipeline (with a copy of the generator) stops at its first denoiser call to learn the conditioning and
-        the first timestep; the initial noise is then drawn exactly as the pipeline draws it (same function, shape,
-        generator state), updated, and handed to the real call, which draws nothing more for it.
-        """
-        from diffusers.utils.torch_utils import randn_tensor
-
-        generator = pipe_kwargs.get("generator")
-        dry = dict(pipe_kwargs)
-        if isinstance(generator, torch.Generator):
-            dry["generator"] = torch.Generator(generator.device).set_state(generator.get_state())
-        self._capture = True
-        try:
-            self.pipe(prompt=prompt, **dry)
-        except _Captured:
-            pass
-        finally:
-            self._capture = False
-        inputs = self._cond_inputs
-        if inputs is None:
-            raise AttnKitError("the pipeline made no conditional denoiser call; nothing to optimise")
-        noise = pipe_kwargs.get("latents")
-        if noise is None:
-            noise = randn_tensor(inputs["latent_shape"], generator=generator, device=inputs["device"],
-                                 dtype=inputs["dtype"])
-        if self.latent_hw is None:
-            self._bind(tuple(int(x) for x in inputs["latent_shape"][-2:]))
-        scheduler = self.pipe.scheduler
-        sigma = scheduler.init_noise_sigma
-        latents = noise.to(inputs["device"]) * sigma
-        t0 = scheduler.timesteps[0]
-        latents = self.update_latents(latents, StepInfo(0, len(scheduler.timesteps), float(t0)), t0)
-        return latents / sigma
+        raise Captured
 
     def _route_grad(self, text) -> None:
         """Routes of a gradient pass: the other methods' text, probability and replace hooks act as in any call; the
@@ -579,24 +473,10 @@ class Run:
             if routes[index] is None:
                 routes[index] = Event()
         self.routes = routes
-        self._call = _Call(slice(0, 1), int(text.shape[1]))
+        self._call = Call(slice(0, 1), int(text.shape[1]))
 
-    def _describe_call(self, sample: torch.Tensor, text) -> _Call:
-        if isinstance(text, (tuple, list)):
-            text = text[0]
-        text_len = int(text.shape[1]) if torch.is_tensor(text) else 0
-        batch = int(sample.shape[0])
-        if self.family == "flux":
-            # Flux runs true CFG as separate calls: the conditional one comes first in a step, with the prompt
-            # embeddings the pipeline reuses every step; a call with other embeddings is the negative branch.
-            key = (text.data_ptr(), tuple(text.shape)) if torch.is_tensor(text) else None
-            if self._cond_key is None:
-                self._cond_key = key
-            return _Call(slice(0, batch) if key == self._cond_key else None, text_len)
-        cfg = self.cfg if self.cfg is not None else bool(getattr(self.pipe, "do_classifier_free_guidance", False))
-        if cfg and batch % 2 == 0:
-            return _Call(slice(batch // 2, batch), text_len)
-        return _Call(slice(0, batch), text_len)
+    def _cfg(self) -> bool:
+        return self.cfg if self.cfg is not None else bool(getattr(self.pipe, "do_classifier_free_guidance", False))
 
     def bind(self, latent_hw: tuple[int, int]) -> None:
         """Tell the run its latent size before any denoiser call (loops that start with gradient passes)."""
@@ -614,7 +494,7 @@ class Run:
         for c in self.controllers:  # layers this adapter computes itself must run a processor it reproduces
             for index in sorted(c.text_layers | c.edit_layers):
                 layer = self.layers[index]
-                name = type(self._saved[layer.name]).__name__ if self._saved is not None else "AttnProcessor2_0"
+                name = type(self.installation.saved[layer.name]).__name__ if self.installation.active else "AttnProcessor2_0"
                 if name not in PLAIN_PROCESSORS:
                     raise UnsupportedModelError(
                         f"{c.method.id} changes the attention of {layer.module}, which has a {name} processor "
@@ -628,165 +508,15 @@ class Run:
 
     def original_processor(self, layer: LayerInfo):
         """The processor ``layer`` had before attnkit was attached."""
-        if self._saved is None:
+        if not self.installation.active:
             raise AttnKitError("the run is not attached")
-        return self._saved[layer.name]
+        return self.installation.saved[layer.name]
 
     def _route(self) -> None:
         conditional = self._call.cond_rows is not None
         touches = [c.layers_at(self.step) if (conditional or c.attends_every_call) else engine.Touch()
                    for c in self.controllers]
         self.routes = engine.events(self.controllers, touches, len(self.layers), conditional)
-
-
-_claims_lock = threading.Lock()
-_claims: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
-
-
-def claim(denoiser, owner) -> None:
-    """Mark ``denoiser`` as used by ``owner``, or raise :class:`AlreadyAttachedError` if another run holds it (or its
-    processors are attnkit's). Check and mark are one step under a lock, so two threads never both attach."""
-    with _claims_lock:
-        holder = _claims.get(denoiser)
-        if holder is owner:
-            return
-        if holder is not None or any(isinstance(p, LayerProcessor) for p in denoiser.attn_processors.values()):
-            raise AlreadyAttachedError(
-                "attnkit is already attached to this pipeline (another `with attnkit.attach(...)` block or another "
-                "thread's call is running on it); one run per pipeline at a time: wait for it, or give each thread "
-                "its own pipeline"
-            )
-        _claims[denoiser] = owner
-
-
-def release(denoiser, owner) -> None:
-    """Give up ``owner``'s claim on ``denoiser`` (no-op if it holds none)."""
-    with _claims_lock:
-        if _claims.get(denoiser) is owner:
-            del _claims[denoiser]
-
-
-@contextlib.contextmanager
-def attach(
-    pipe,
-    methods: Iterable[Method] = (),
-    prompt: str | None = None,
-    max_sequence_length: int | None = None,
-    on_step: Callable[[StepInfo], None] | None = None,
-    prompt_2: str | None = None,
-    target_prompt: str | None = None,
-    on_work: Callable[[StepInfo, str, int, int], None] | None = None,
-    stop=None,
-) -> Iterator[Run]:
-    """Attach attnkit to ``pipe`` for one pipeline call; restore every processor afterwards, whatever happens.
-
-    Wire the run into the pipeline call with ``**run.call_kwargs()`` (its step callback, chained with yours if you
-    pass one, and the callback tensors latent-optimising methods need)::
-
-        with attnkit.attach(pipe, [Observe(words=["car"])], prompt=prompt) as run:
-            image = pipe(prompt, **run.call_kwargs()).images[0]
-        maps = run.report["observe"].maps
-
-    Raises:
-        AlreadyAttachedError: attnkit is already attached to this pipeline.
-        WordNotFoundError: a method's word is not in ``prompt``.
-    """
-    owner = object()
-    denoiser = denoiser_of(pipe)
-    claim(denoiser, owner)  # before anything reads or encodes with the pipeline a running call is using
-    try:
-        run = Run(pipe, methods, prompt=prompt, max_sequence_length=max_sequence_length, on_step=on_step,
-                  prompt_2=prompt_2, target_prompt=target_prompt, on_work=on_work, stop=stop)
-        run._owner = owner
-        run.install()
-    except BaseException:
-        release(denoiser, owner)
-        raise
-    try:
-        yield run
-    finally:
-        try:
-            run.uninstall()
-        finally:
-            release(denoiser, owner)
-    run.finish()
-
-
-@dataclass
-class Result:
-    """What :func:`generate` returns.
-
-    Attributes:
-        images: the generated PIL images.
-        report: the run's :class:`Report` (per-method maps, losses, warnings, timings).
-        prompt: the prompt.
-        seed: the seed used (``None`` when none was given).
-    """
-
-    images: list
-    report: Report
-    prompt: str
-    seed: int | None = None
-
-    def heatmaps(self, method: str = "observe", index: int = 0):
-        """A labelled grid of the image and each word's heatmap over it (see :func:`attnkit.viz.heatmap_grid`)."""
-        from .viz import heatmap_grid
-
-        report = self.report[method]
-        if not report.maps:
-            raise AttnKitError(f"{method} recorded no maps in this run (see report warnings)")
-        return heatmap_grid(self.images[index], {w: m[index] for w, m in report.maps.items()})
-
-
-def generate(
-    pipe,
-    prompt: str,
-    methods: Iterable[Method] = (),
-    seed: int | None = None,
-    on_step: Callable[[StepInfo], None] | None = None,
-    on_work: Callable[[StepInfo, str, int, int], None] | None = None,
-    stop=None,
-    **pipe_kwargs,
-) -> Result:
-    """Generate with attnkit methods active.
-
-    Args:
-        pipe: an SD 1.x/2.x, SDXL or Flux diffusers pipeline.
-        prompt: the prompt (one string).
-        methods: configured methods, e.g. ``[Observe(words=["car", "bird"])]``; empty gives the plain pipeline.
-        seed: makes the run reproducible (a CPU ``torch.Generator`` seeded with it, so results match across
-            devices); ignored when ``generator`` is passed in ``pipe_kwargs``.
-        on_step: called with each finished :class:`StepInfo`.
-        on_work: called as ``on_work(step, what, done, total)`` before each pass of a method's loop inside a step
-            (Attend-and-Excite's refinement tries, A-STAR's iterations): sub-progress for long steps.
-        stop: a ``threading.Event`` (or a callable returning ``True``): when set, the call raises
-            :class:`~attnkit.errors.Interrupted` at the next step end or inner pass; the pipeline is left as it was.
-        **pipe_kwargs: passed to the pipeline (``num_inference_steps``, ``guidance_scale``, ``height``...). A
-            ``callback_on_step_end`` of yours is called after attnkit's.
-
-    Returns:
-        :class:`Result` with ``.images`` and ``.report``.
-    """
-    if "prompt" in pipe_kwargs:
-        raise AttnKitError("pass the prompt once, as generate(pipe, prompt, ...)")
-    check_call(pipe_kwargs)
-    if seed is not None and "generator" not in pipe_kwargs:
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
-            raise AttnKitError(f"seed must be an integer from 0 to 2**64 - 1, got {shown(seed)}")
-        pipe_kwargs["generator"] = torch.Generator("cpu").manual_seed(seed)
-    user_callback = pipe_kwargs.pop("callback_on_step_end", None)
-    user_inputs = pipe_kwargs.pop("callback_on_step_end_tensor_inputs", None)
-    with attach(pipe, methods, prompt=prompt, max_sequence_length=pipe_kwargs.get("max_sequence_length"),
-                on_step=on_step, prompt_2=pipe_kwargs.get("prompt_2"), on_work=on_work, stop=stop) as run:
-        wiring = run.call_kwargs(user_callback)
-        if user_inputs:
-            wiring["callback_on_step_end_tensor_inputs"] = sorted(
-                set(user_inputs) | set(wiring.get("callback_on_step_end_tensor_inputs", []))
-            )
-        if run._updaters:
-            pipe_kwargs["latents"] = run.first_step_latents(prompt, pipe_kwargs)
-        output = pipe(prompt=prompt, **wiring, **pipe_kwargs)
-    return Result(images=list(output.images), report=run.report, prompt=prompt, seed=seed)
 
 
 def check_methods(methods) -> list:
@@ -802,25 +532,3 @@ def check_methods(methods) -> list:
             raise AttnKitError(f"methods must be attnkit.methods objects such as Observe(...), got "
                                f"{type(m).__name__}{hint}")
     return methods
-
-
-#: the most denoising steps a call may ask for (the schedulers' training schedule has 1000)
-MAX_STEPS = 1000
-
-
-def check_call(kwargs: dict) -> None:
-    """The pipeline arguments a user types, checked before anything runs: steps a whole number from 1 to
-    :data:`MAX_STEPS`, height and width whole multiples of 8 from 8 up, guidance a finite number."""
-    steps = kwargs.get("num_inference_steps")
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS):
-        raise AttnKitError(f"num_inference_steps must be a whole number from 1 to {MAX_STEPS}, got {shown(steps)}")
-    for name in ("height", "width"):
-        value = kwargs.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 8 or value % 8:
-            raise AttnKitError(f"{name} must be a positive multiple of 8 (pixels), got {shown(value)}")
-    scale = kwargs.get("guidance_scale")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale
-                              or abs(scale) == float("inf")):
-        raise AttnKitError(f"guidance_scale must be a finite number, got {shown(scale)}")
