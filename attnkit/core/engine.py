@@ -154,18 +154,27 @@ def read(readers, layer: "LayerInfo", step: "StepInfo", probs: torch.Tensor) -> 
             c.on_probs(layer, step, probs)
 
 
-def cond_index(rows, batch: int, device) -> torch.Tensor:
-    """The conditional rows (a slice, a list or an index tensor; ``None``: none) as a long tensor."""
+def cond_index(rows, batch: int, device):
+    """The conditional rows as a slice with explicit bounds (kept a slice: cheaper to index) or a long tensor
+    (from a list or tensor); ``None`` (no conditional rows) becomes an empty slice."""
     if rows is None:
-        return torch.zeros(0, dtype=torch.long, device=device)
+        return slice(0, 0)
     if isinstance(rows, slice):
-        return torch.arange(batch, device=device)[rows]
+        start, stop, step = rows.indices(batch)
+        if step == 1:
+            return slice(start, max(start, stop))
+        rows = list(range(start, stop, step))
     return torch.as_tensor(rows, dtype=torch.long, device=device)
+
+
+def row_count(rows) -> int:
+    """How many rows :func:`cond_index` selects."""
+    return rows.stop - rows.start if isinstance(rows, slice) else int(rows.numel())
 
 
 def edit_text(event: Event | None, layer, step, keys: torch.Tensor, values: torch.Tensor, rows) -> tuple[list, Any]:
     """The key sequences and the value text of a layer call: the text editor's, or the call's own."""
-    if event is None or event.text is None or len(rows) == 0:
+    if event is None or event.text is None or row_count(rows) == 0:
         return [keys], values
     with event.text.timed("text_s"):
         out_keys, out_values = event.text.edit_text(layer, step, keys, values, rows)
@@ -183,7 +192,7 @@ def attend(event: Event | None, layer: "LayerInfo", step: "StepInfo", q: torch.T
     Args:
         q: ``(B, heads, N, d)`` queries; ``keys``: one or more ``(B, heads, T, d)`` key sequences (the text
             editor's groups); ``v``: ``(B, heads, T, d_v)`` values.
-        rows: the conditional rows (:func:`cond_index`); methods act on these only.
+        rows: the conditional rows (:func:`cond_index`: a slice or a long tensor); methods act on these only.
         fast: ``fast(q, k, v, mask) -> (b, heads, N, d_v)``, the host's own attention, used wherever no method
             changes the probabilities (so those rows come out exactly as without attnkit).
         mask: additive mask broadcastable to ``(B, heads, N, T)``, or ``None``.
@@ -197,7 +206,7 @@ def attend(event: Event | None, layer: "LayerInfo", step: "StepInfo", q: torch.T
     editors = event.editors if event is not None else ()
     if grad is not None and layer.index in grad.remaining:
         grad.take(layer.index, probabilities(q, keys[0], scale, mask))
-    if len(rows) == 0 or not (readers or editors or len(keys) > 1):
+    if row_count(rows) == 0 or not (readers or editors or len(keys) > 1):
         return fast(q, keys[0], v, mask)
 
     def pick(x, which):
@@ -213,8 +222,13 @@ def attend(event: Event | None, layer: "LayerInfo", step: "StepInfo", q: torch.T
             out = out.clone()
             out[rows] = torch.stack(parts).mean(dim=0).to(out.dtype)
         return out
-    other = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
-    other[rows] = False
+    if isinstance(rows, slice):
+        other = [i for i in range(q.shape[0]) if not rows.start <= i < rows.stop]
+        other = torch.as_tensor(other, dtype=torch.long, device=q.device)
+    else:
+        mask_rows = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
+        mask_rows[rows] = False
+        other = mask_rows.nonzero().flatten()
     parts = []
     for g, k in enumerate(keys):
         probs = probabilities(q[rows], k[rows], scale, pick(mask, rows))
@@ -225,7 +239,7 @@ def attend(event: Event | None, layer: "LayerInfo", step: "StepInfo", q: torch.T
             read(readers, layer, step, probs.detach())
         parts.append(torch.matmul(probs.to(v.dtype), v[rows]))
     cond = parts[0] if len(parts) == 1 else torch.stack(parts).mean(dim=0)
-    if not other.any():
+    if other.numel() == 0:
         return cond.to(q.dtype)
     rest = fast(q[other], keys[0][other], v[other], pick(mask, other))
     out = rest.new_empty((q.shape[0],) + tuple(rest.shape[1:]))

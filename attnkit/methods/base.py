@@ -96,7 +96,7 @@ class Controller:
     def edit_text(self, layer: "LayerInfo", step: "StepInfo", keys: torch.Tensor, values: torch.Tensor,
                   rows: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``text`` hook, on the layers in :attr:`text_layers`: the text the keys and the values are projected from,
-        ``(B, T, C_text)`` each, rewritten on the conditional ``rows`` (a long tensor). Returns one or more key
+        ``(B, T, C_text)`` each, rewritten on the conditional ``rows`` (a slice or a long tensor). Returns one or more key
         texts (several: one attention per key text, averaged) and the value text."""
         raise NotImplementedError
 

@@ -173,13 +173,14 @@ class StructuredController(Controller):
     def wants_step(self, step):
         return step.within(self.config.steps)
 
-    def _check_prompt(self, text: torch.Tensor, rows: torch.Tensor) -> None:
+    def _check_prompt(self, text: torch.Tensor, rows) -> None:
         """Once per run: do the runtime's prompt embeddings match attnkit's own encoding of the prompt?"""
         self._checked = True
         w0 = self.sequences[0]
         n = min(w0.shape[1], text.shape[1])
+        first = rows.start if isinstance(rows, slice) else int(rows[0])
         if w0.shape[-1] == text.shape[-1] and not torch.allclose(
-                text[rows[:1], :n].float(), w0[:, :n].to(text.device).float(), atol=1e-3, rtol=1e-3):
+                text[first:first + 1, :n].float(), w0[:, :n].to(text.device).float(), atol=1e-3, rtol=1e-3):
             self.report.warnings.append(
                 "the prompt embeddings differ from attnkit's encoding of the prompt (prompt weighting, "
                 "clip_skip, prompt_2?); phrase embeddings were applied as differences to them"
