@@ -223,10 +223,10 @@ def test_sd2_uses_the_open_clip_tokenizer(a1111, slow_tokenizer):
 def test_an_error_inside_sampling_is_one_note(a1111, slow_tokenizer, monkeypatch):
     from attnkit.hosts.kernel import HostRun
 
-    def failing(self, q, k, v, extra_options, previous=None):
+    def failing(self, q, k, v, extra_options, previous=None, kind="cross"):
         raise ValueError("bad shape")
 
-    monkeypatch.setattr(HostRun, "_attn2_replace", failing)
+    monkeypatch.setattr(HostRun, "_attn_replace", failing)
     model = SD1Model(slow_tokenizer)
     plain = a1111.run(Processing(model, PROMPT, steps=2), controls())
     p = Processing(model, PROMPT, steps=2)

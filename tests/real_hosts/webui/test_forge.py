@@ -277,15 +277,15 @@ def test_an_error_inside_sampling_is_one_note_and_the_image_is_finished(forge, m
     from attnkit.hosts.kernel import HostRun
 
     seen = []
-    real = HostRun._attn2_replace
+    real = HostRun._attn_replace
 
-    def failing(self, q, k, v, extra_options, previous=None):
+    def failing(self, q, k, v, extra_options, previous=None, kind="cross"):
         seen.append(1)
         if len(seen) > 9:
             raise RuntimeError("boom\nsecond line")
-        return real(self, q, k, v, extra_options, previous)
+        return real(self, q, k, v, extra_options, previous, kind)
 
-    monkeypatch.setattr(HostRun, "_attn2_replace", failing)
+    monkeypatch.setattr(HostRun, "_attn_replace", failing)
     p = Processing(forge.model(), PROMPT, steps=3)
     got = forge.run(p, control_args(observe={"words": "car"}))
     assert torch.isfinite(got[0]).all()
