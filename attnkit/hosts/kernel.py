@@ -168,6 +168,12 @@ class HostRun:
                 f"{', '.join(foreign)} cannot run through {host}'s attention patches (it changes attention in ways "
                 "they do not offer); use it in the attnkit app or Python"
             )
+        raw = [m.id for m in self.methods if getattr(m.config, "scale_input", True) is False]
+        if raw:
+            raise UnsupportedModelError(
+                f"{', '.join(raw)}: scale_input off (the reference pipeline's raw latent) exists only in the attnkit "
+                f"app and Python; {host}'s model always scales its input: turn it back on"
+            )
         other = [m.id for m in self.methods if m.needs_gradient]
         if other and gradient is None:
             raise UnsupportedModelError(
@@ -259,7 +265,7 @@ class HostRun:
         return [("tokenizer", self._tokenizer, slice(None))]
 
     def gradient_maps(self, controller: Controller, latent: torch.Tensor, step: StepInfo, image: int = 0,
-                      early_stop: bool = True) -> dict[int, torch.Tensor]:
+                      early_stop: bool = True, scale_input: bool = True) -> dict[int, torch.Tensor]:
         """Per-head text-attention probabilities ``{layer index: (1, heads, N, T)}`` of ``controller.prob_layers``
         as functions of ``latent`` (as :meth:`attnkit.Run.gradient_maps`), through the host's denoiser."""
         return gradient_pass(self, GradPass(controller, step, set(controller.prob_layers), early_stop),

@@ -31,7 +31,7 @@ from ..errors import AttnKitError
 from .attend_excite import _check_common, _whole
 from .base import check_ranges
 from .fields import Field
-from .latent import LatentController, LatentMethod, target_rows
+from .latent import LatentController, LatentMethod, input_row, target_rows
 
 
 def segregation_loss(maps: torch.Tensor) -> torch.Tensor:
@@ -72,6 +72,9 @@ class AStarConfig:
             place of the retention masks. Every concept needs one.
         measure_after_update: also compute the loss after each update (one more forward per step), reported as
             ``loss_after``.
+        scale_input: the gradient pass sees the latent as the step's denoiser call sees it (default [ours]);
+            ``False``: the raw latent, as the Attend-and-Excite code A-STAR builds on (see
+            :class:`~attnkit.methods.AttendExciteConfig`).
     """
 
     words: list[str] | None = None
@@ -84,6 +87,7 @@ class AStarConfig:
     smoothing: str = "diffusers"
     masks: dict[str, object] | None = None
     measure_after_update: bool = False
+    scale_input: bool = True
 
     def __post_init__(self):
         _check_common(self, "a_star")
@@ -188,4 +192,5 @@ class AStar(LatentMethod):
               panel=False, limit=16),
         Field("a_star", "measure_after_update", "Measure loss after update", "bool", False,
               "one more forward per step, to report the loss after each update", advanced=True),
+        input_row("a_star"),
     )

@@ -9,10 +9,16 @@ most neglected subject; the latent takes one step ``z <- z - alpha_i grad L``. A
 (``thresholds``, default ``{0: 0.05, 10: 0.5, 20: 0.8}``) it first refines the latent, repeating such steps until
 ``L <= 1 - threshold`` or ``max_refinement_steps`` tries, then re-evaluates the loss. Defaults are diffusers'.
 
-Differences from the diffusers pipeline, none of which changes the result: probabilities are materialised only on
-the layers the loss reads (the pipeline replaces every processor with an explicit one), the gradient forward stops
-after the last of them, steps past ``max_iter_to_alter`` that are not threshold steps skip the forward, and SDXL is
+Differences from the diffusers pipeline that do not change the result: probabilities are materialised only on the
+layers the loss reads (the pipeline replaces every processor with an explicit one), the gradient forward stops after
+the last of them, steps past ``max_iter_to_alter`` that are not threshold steps skip the forward, and SDXL is
 supported (the pipeline is SD 1.x only).
+
+One that does, on schedulers that scale the model input (Euler, LMS, DPM with Karras sigmas; not DDIM/PNDM, where
+scaling is the identity): the gradient pass gives the denoiser ``scheduler.scale_model_input(latent)``, the input
+the step's own denoiser call gets, so the loss is taken on the attention that step really computes
+(``scale_input=True``, default [ours]). The pipeline and the original code give it the raw latent, an input of
+``sqrt(1 + sigma^2)`` times the scale the model was trained on; ``scale_input=False`` restores that.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 from ..errors import AttnKitError
 from .base import check_ranges
 from .fields import Field
-from .latent import SMOOTHING, LatentController, LatentMethod, target_rows
+from .latent import SMOOTHING, LatentController, LatentMethod, input_row, target_rows
 
 MAX_STEPS = 1000  # most threshold steps; the numbers' ranges are the field table's (check_ranges)
 
@@ -56,6 +62,8 @@ def _check_common(config, name: str) -> None:
         config.attn_res = res
     if config.smoothing not in SMOOTHING:
         raise AttnKitError(f"{name}: smoothing={config.smoothing!r}; use one of {', '.join(SMOOTHING)}")
+    if not isinstance(getattr(config, "scale_input", True), bool):
+        raise AttnKitError(f"{name}: scale_input must be true or false, got {config.scale_input!r}")
     try:
         config.scale_factor = float(config.scale_factor)
     except (TypeError, ValueError):
@@ -76,6 +84,9 @@ class AttendExciteConfig:
             32x32 at 1024 px on SDXL).
         smoothing: ``"diffusers"`` (the pipeline's kernel), ``"gaussian"`` or ``"none"``.
         max_refinement_steps: tries per refinement.
+        scale_input: the gradient pass sees the latent as the step's denoiser call sees it
+            (``scheduler.scale_model_input``, default [ours]); ``False``: the raw latent, as diffusers' pipeline and
+            the original code (differs only on schedulers that scale the input: Euler, LMS, Karras DPM).
     """
 
     words: list[str] | None = None
@@ -86,6 +97,7 @@ class AttendExciteConfig:
     attn_res: tuple[int, int] | None = None
     smoothing: str = "diffusers"
     max_refinement_steps: int = 20
+    scale_input: bool = True
 
     def __post_init__(self):
         _check_common(self, "attend_excite")
@@ -165,4 +177,5 @@ class AttendExcite(LatentMethod):
         Field("attend_excite", "max_refinement_steps", "Refinement tries", "int", 20,
               "at most this many retries at each threshold step",
               minimum=0, maximum=50, step=1, advanced=True),
+        input_row("attend_excite"),
     )

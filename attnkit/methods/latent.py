@@ -106,6 +106,15 @@ class LatentMethod(Method):
     needs_words = True
 
 
+def input_row(method_id: str):
+    """The field row of ``scale_input`` (how the gradient pass feeds the latent to the denoiser)."""
+    from .fields import Field
+
+    return Field(method_id, "scale_input", "Scale the model input", "bool", True,
+                 "the gradient pass sees the latent as the step itself does (on Euler-type samplers); off: the raw "
+                 "latent, as the reference pipeline", advanced=True)
+
+
 def target_rows(method_id: str, label: str, help: str, noun: str) -> tuple:
     """The field rows of a latent method's targets: its words, or token positions instead."""
     from .fields import Field
@@ -158,7 +167,7 @@ class LatentController(Controller):
 
     def concept_maps(self, latent: torch.Tensor, step, image: int) -> torch.Tensor:
         """``(K, h, w)`` smoothed concept maps as a function of ``latent`` (one gradient forward)."""
-        maps = self.run.gradient_maps(self, latent, step, image)
+        maps = self.run.gradient_maps(self, latent, step, image, scale_input=self.config.scale_input)
         attention = aggregate(maps, self.layers, self.grid)
         # the kernel is made here, not kept: a tensor made while the caller was in inference mode cannot join autograd
         kernel = smoothing_kernel(self.config.smoothing)

@@ -75,8 +75,19 @@ def _window(value, name) -> tuple[float, float]:
     return check_window(value, name)
 
 
-def _inside(window: tuple[float, float], step: StepInfo) -> bool:
-    return window[0] < window[1] and step.within(window)
+#: how a window's fractions become steps: ``"official"`` as the official code, ``"progress"`` [ours]
+ROUNDINGS = ("official", "progress")
+
+
+def _inside(window: tuple[float, float], step: StepInfo, slots: int | None = None) -> bool:
+    """Whether ``step`` is inside ``window``. With ``slots`` (the official rounding), steps
+    ``int(start * slots) <= i < int(stop * slots)``: the official code lays cross-attention windows over ``N + 1``
+    slots and self-attention windows over ``N``; without, steps whose progress ``i / N`` is inside ``[start, stop)``."""
+    if not window[0] < window[1]:
+        return False
+    if slots is None:
+        return step.within(window)
+    return int(window[0] * slots) <= step.index < int(window[1] * slots)
 
 
 @dataclass
@@ -97,6 +108,9 @@ class P2PConfig:
         blend_words: words whose attention outlines the region that may change (local blend); ``None``: no blend.
         blend_threshold: the local blend's threshold on the max-normalised map.
         start_blend: progress fraction from which the local blend acts.
+        step_rounding: how windows become steps: ``"official"`` (default: cross-attention windows over ``N + 1``
+            slots, ``int(stop * (N + 1))`` steps; self-attention and the blend start over ``N``, as the official
+            code) or ``"progress"`` (steps whose ``i / N`` falls inside the window) [ours].
     """
 
     edit: str = "replace"
@@ -108,6 +122,7 @@ class P2PConfig:
     blend_words: list[str] | None = None
     blend_threshold: float = 0.3
     start_blend: float = 0.2
+    step_rounding: str = "official"
 
     def __post_init__(self):
         if self.edit not in EDITS:
@@ -139,6 +154,8 @@ class P2PConfig:
             raise AttnKitError(f"p2p: blend_threshold={self.blend_threshold!r} must be between 0 and 1")
         if isinstance(self.start_blend, bool) or not 0.0 <= float(self.start_blend) < 1.0:
             raise AttnKitError(f"p2p: start_blend={self.start_blend!r} must be in [0, 1)")
+        if self.step_rounding not in ROUNDINGS:
+            raise AttnKitError(f"p2p: step_rounding={self.step_rounding!r}; use one of {', '.join(ROUNDINGS)}")
 
 
 # ------------------------------------------------------------------------------------------------ text keys
@@ -362,9 +379,10 @@ class P2PEdit:
         """``alpha_j(t)``: 1 for the target keys whose cross-attention is replaced at ``step`` (made once a step)."""
         if self._weights is not None and self._weights[:2] == (step.index, step.count):
             return self._weights[2]
-        weights = torch.full((self.length,), float(_inside(self.config.cross_replace, step)))
+        slots = step.count + 1 if self.config.step_rounding == "official" else None
+        weights = torch.full((self.length,), float(_inside(self.config.cross_replace, step, slots)))
         for positions, window in self.word_windows:
-            weights[list(positions)] = float(_inside(window, step))
+            weights[list(positions)] = float(_inside(window, step, slots))
         self._weights = (step.index, step.count, weights)
         return weights
 
@@ -372,7 +390,14 @@ class P2PEdit:
         return bool(self.token_weights(step).any())
 
     def self_active(self, step: StepInfo) -> bool:
-        return _inside(self.config.self_replace, step)
+        return _inside(self.config.self_replace, step, step.count if self.config.step_rounding == "official" else None)
+
+    def blends_at(self, step: StepInfo) -> bool:
+        """Whether the local blend acts after ``step``: from step ``int(start_blend * N)`` on (official: its
+        counter, 1 after the first step, must exceed that), or from progress ``start_blend`` on."""
+        if self.config.step_rounding == "official":
+            return step.index >= int(self.config.start_blend * step.count)
+        return step.progress >= self.config.start_blend
 
     def cross(self, src: torch.Tensor, tgt: torch.Tensor, step: StepInfo) -> torch.Tensor:
         """New target cross-attention from ``(..., N, T)`` source and target probabilities."""
@@ -482,7 +507,7 @@ class P2PController(Controller):
             self.store = mean if self.store is None else self.store + mean
 
     def step_latents(self, latents, step):
-        if self.edit.blend is None or self.store is None or step.progress < self.config.start_blend:
+        if self.edit.blend is None or self.store is None or not self.edit.blends_at(step):
             return latents
         if latents.shape[0] != 2:
             raise AttnKitError(f"p2p local blend expects the source and target latents, got a batch of {latents.shape[0]}")

@@ -85,8 +85,9 @@ class RunContext(Protocol):
         """``(token map name, tokenizer, feature slice)`` for each text encoder."""
 
     def gradient_maps(self, controller: "Controller", latent: torch.Tensor, step: "StepInfo", image: int = 0,
-                      early_stop: bool = True) -> dict[int, torch.Tensor]:
-        """Per-head text-attention probabilities of ``controller.prob_layers`` as functions of ``latent``."""
+                      early_stop: bool = True, scale_input: bool = True) -> dict[int, torch.Tensor]:
+        """Per-head text-attention probabilities of ``controller.prob_layers`` as functions of ``latent``
+        (``scale_input``: the denoiser sees the latent as the step's own call does)."""
 
     def work(self, step: "StepInfo", what: str, done: int, total: int) -> None:
         """A method's inner loop is about to run pass ``done`` of ``total`` (progress, Stop)."""

@@ -234,3 +234,60 @@ def test_stop_between_steps_raises_and_restores(sd15):
                          stop=stop)
     assert steps == [0, 1]
     assert all(before[k] is v for k, v in sd15.unet.attn_processors.items())
+
+
+def _with_scheduler(pipe, scheduler_class):
+    import copy
+
+    other = copy.copy(pipe)
+    other.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    return other
+
+
+def test_scale_input_off_reproduces_the_pipeline_on_euler(sd15):
+    """On a scheduler that scales the model input (Euler), diffusers' pipeline feeds the gradient pass the raw latent:
+    ``scale_input=False`` reproduces it; the default (the latent as the step's own call sees it) is another result;
+    on a scheduler that does not scale (the tiny pipeline's own), both settings are the same."""
+    from diffusers import EulerDiscreteScheduler
+
+    from attnkit.core.steps import StepInfo
+
+    euler = _with_scheduler(sd15, EulerDiscreteScheduler)
+    common = dict(height=64, width=64, num_inference_steps=5)
+    expected = peer_pipeline(euler)(PROMPT, token_indices=[2, 5], attn_res=(4, 4), output_type="np",
+                                   generator=torch.Generator().manual_seed(0), **common).images
+    reference, _ = with_attnkit(euler, PROMPT, [AttendExcite(words=["cat", "frog"], scale_input=False)], **common)
+    ours, _ = with_attnkit(euler, PROMPT, [AttendExcite(words=["cat", "frog"])], **common)
+    untouched = plain(euler, PROMPT, **common)
+    assert np.abs(reference - expected).max() <= 1e-5
+    assert np.abs(ours - expected).max() > 5e-5  # as large as the method's whole effect here (9e-5)
+    print(f"\nEuler, max abs: scale_input on vs the pipeline {np.abs(ours - expected).max():.2e}; the method's own effect "
+          f"{np.abs(expected - untouched).max():.2e}")
+    same = [with_attnkit(sd15, PROMPT, [AttendExcite(words=["cat", "frog"], scale_input=s)], **common)[0]
+            for s in (True, False)]
+    np.testing.assert_array_equal(same[0], same[1])
+    # why the default: its gradient pass reads the attention of exactly the input the step's denoiser call gets
+    with attnkit.attach(euler, [AttendExcite(words=["cat", "frog"])], prompt=PROMPT) as run:
+        euler(PROMPT, **run.call_kwargs(), **{**common, "num_inference_steps": 1})
+        c = run.controllers[0]
+        euler.scheduler.set_timesteps(5)  # a fresh schedule: scale_model_input follows the scheduler's own step
+        latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * euler.scheduler.init_noise_sigma
+        t = euler.scheduler.timesteps[0]
+        step = StepInfo(0, 1, float(t))
+        with torch.no_grad():
+            scaled = run.gradient_maps(c, latent, step, scale_input=True, timestep=t)
+            seen = run.gradient_maps(c, euler.scheduler.scale_model_input(latent, t), step, scale_input=False,
+                                     timestep=t)
+            raw = run.gradient_maps(c, latent, step, scale_input=False, timestep=t)
+    for index in scaled:
+        torch.testing.assert_close(scaled[index], seen[index])
+        assert (raw[index] - seen[index]).abs().max() > 1e-3
+
+
+def test_scale_input_off_is_refused_in_hosts(sd15):
+    from attnkit.errors import UnsupportedModelError
+    from attnkit.hosts.kernel import HostRun
+
+    with pytest.raises(UnsupportedModelError, match="scale_input off .* ComfyUI's model always scales its input"):
+        HostRun([AttendExcite(words=["cat"], scale_input=False)], "a cat", sd15.tokenizer, family="sd", steps=2,
+                host="ComfyUI", gradient=lambda *a: None)

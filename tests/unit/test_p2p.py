@@ -125,3 +125,31 @@ def test_bad_settings_are_refused_with_the_value(kwargs, message):
 def test_a_stop_fraction_is_a_window():
     assert P2PConfig(cross_replace=0.6, self_replace=0).cross_replace == (0.0, 0.6)
     assert P2PConfig(self_replace=0).self_replace == (0.0, 0.0)
+
+
+def _official_steps(window, slots, count):
+    """The official code's steps for a window: ``alpha[int(start * slots):int(stop * slots)] = 1`` over ``slots``
+    entries (cross-attention: ``N + 1``; self-attention: ``N``), read at steps ``0..N-1``."""
+    start, stop = window
+    return [i for i in range(count) if int(start * slots) <= i < int(stop * slots)]
+
+
+@pytest.mark.parametrize("count, cross, self_, blend", [
+    (10, (0.0, 0.35), (0.0, 0.35), 0.35),  # the case where the roundings part
+    (50, (0.0, 0.8), (0.0, 0.4), 0.2),  # the official defaults
+    (7, (0.1, 0.9), (0.2, 0.6), 0.3),
+    (25, (0.0, 0.4), (0.0, 0.2), 0.25),
+])
+def test_step_windows_round_as_the_official_code(tok, count, cross, self_, blend):
+    src, tgt = keys(tok, "a cat riding a bike"), keys(tok, "a dog riding a bike")
+    official = P2PEdit(P2PConfig(cross_replace=cross, self_replace=self_, start_blend=blend), src, tgt)
+    progress = P2PEdit(P2PConfig(cross_replace=cross, self_replace=self_, start_blend=blend,
+                                 step_rounding="progress"), src, tgt)
+    steps = [StepInfo(i, count, 0.0) for i in range(count)]
+    assert [s.index for s in steps if official.cross_active(s)] == _official_steps(cross, count + 1, count)
+    assert [s.index for s in steps if official.self_active(s)] == _official_steps(self_, count, count)
+    # LocalBlend's counter is 1 after the first step and blends once it exceeds int(start_blend * N)
+    assert [s.index for s in steps if official.blends_at(s)] == [i for i in range(count) if i + 1 > int(blend * count)]
+    assert [s.index for s in steps if progress.cross_active(s)] == [i for i in range(count) if cross[0] <= i / count < cross[1]]
+    if count == 10:  # 0.35 of 10 steps: the official code replaces cross-attention at 3 steps, progress at 4
+        assert len(_official_steps(cross, 11, 10)) == 3 and sum(progress.cross_active(s) for s in steps) == 4
