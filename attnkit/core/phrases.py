@@ -66,6 +66,10 @@ _PREPOSITIONS = set(
     "onto through across along against among amongst around between beneath underneath within toward towards past "
     "upon via amid throughout beyond during down up off".split()
 )
+#: prepositions of place that a constituency parse attaches to the nearest noun ("a horse on the moon"); motion
+#: prepositions after a participle's object ("riding a bike down a street") stay with the verb
+_LOCATIVE = frozenset("on in at near under beside behind above below inside atop beneath underneath".split()) | {
+    "in front of", "on top of", "next to", "close to", "in between"}
 _MULTI_PREPOSITIONS = [("in", "front", "of"), ("on", "top", "of"), ("next", "to"), ("close", "to"),
                        ("far", "from"), ("out", "of"), ("in", "between")]
 _FINITE_VERBS = set(
@@ -269,7 +273,9 @@ class _Parser:
             return _Node(node.start, obj.end, [node, obj], node.words + 1 + obj.words, node.head), pos
         while True:
             kind = self.kind(pos)
-            if kind == "prep" and self.kind(pos + 1) == "np" and (places or self.text(pos) in ("of", "with")):
+            word = self.text(pos)
+            allowed = places is True or (bool(places) and word in places) or word in ("of", "with")
+            if kind == "prep" and self.kind(pos + 1) == "np" and allowed:
                 obj, end = self.object(pos + 1, participles=False, places=places)
                 if node.verbal:  # a place phrase after a participle's object belongs to the verb
                     node = _Node(node.start, obj.end, node.children + [obj], node.words + 1 + obj.words, node.head,
@@ -281,8 +287,8 @@ class _Parser:
                 k = pos + 1
                 if self.kind(k) == "prep":
                     k += 1
-                if self.kind(k) == "np":
-                    obj, end = self.object(k, participles=False, places=False)
+                if self.kind(k) == "np":  # its object takes its own locative phrases, as a constituency parse does
+                    obj, end = self.object(k, participles=False, places=_LOCATIVE)
                     node = _Node(node.start, obj.end, [node, obj], node.words + 2 + obj.words, node.head, verbal=True)
                     pos = end
                 else:
@@ -452,3 +458,13 @@ def noun_phrases(prompt: str, parser: str = "rules") -> list[Phrase]:
         seen.add((start, end))
         phrases.append(Phrase(prompt[start:end], start, end))
     return phrases
+
+
+def nouns(prompt: str) -> list[Phrase]:
+    """Every noun of the prompt, as a part-of-speech tagger's ``NN*`` tags find them (what DPL's official code lets own
+    a background cluster): the content words of the ``rules`` lexicon that are not adjectives or participles, head
+    nouns and noun modifiers alike ("school" and "bus" in "a school bus"), left to right."""
+    units = _units(prompt)
+    _classify(units)
+    return [Phrase(u.text, u.start, u.end) for u in units
+            if u.kind == "content" and _is_noun_like(u.text) and any(c.isalpha() for c in u.text)]

@@ -32,19 +32,37 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..core.phrases import nouns as caption_nouns
 from ..core.steps import StepInfo
 from ..core.tokens import TokenMap
 from ..errors import AttnKitError, UnsupportedModelError, one_line
-from ..methods.dpl import DPL, DPLConfig, DynamicPrompt, background_mask, dynamic_words, target_words
+from ..methods.dpl import (
+    DPL,
+    DPLConfig,
+    DynamicPrompt,
+    background_mask,
+    dynamic_words,
+    target_words,
+)
 from ..methods.p2p import P2P, Keys, P2PConfig, P2PEdit
 from ..models import family_of
-from .inversion import DDIM, NullTextConfig, cfg_step, check_stop, ddim_invert, denoise, null_text_step
+from .inversion import (
+    DDIM,
+    NullTextConfig,
+    cfg_step,
+    check_stop,
+    ddim_invert,
+    denoise,
+    null_text_step,
+)
 
 logger = logging.getLogger("attnkit")
 
 _P2P_FIELDS = {f.name for f in dataclasses.fields(P2PConfig)}
 _DPL_FIELDS = {f.name for f in dataclasses.fields(DPLConfig)}
 _NULL_FIELDS = {f.name for f in dataclasses.fields(NullTextConfig)}
+#: DPL's official null-text setting (``DPL.sh``): 51 fixed iterations per step, each step from ``""``
+DPL_NULL_TEXT = {"null_iterations": 51, "null_early_stop": False, "null_start": "empty"}
 
 
 @dataclass
@@ -331,12 +349,15 @@ def edit(
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not 1 <= guidance_scale <= 30:
         raise AttnKitError(f"guidance_scale={guidance_scale!r} must be between 1 and 30")
     p2p_knobs, dpl_knobs, null_knobs = _split_knobs(knobs)
-    p2p = _p2p_method(edit, p2p_knobs)
-    dpl = DPL(**dpl_knobs)
-    null_config = NullTextConfig(**null_knobs)
     if isinstance(words, str):
         words = [w.strip() for w in words.split(",") if w.strip()]
     words = list(words or [])
+    p2p = _p2p_method(edit, p2p_knobs)
+    dpl = DPL(**dpl_knobs)
+    if words:  # what is not given follows the method: DPL's official null text (51 fixed iterations, from "")
+        null_knobs = {**DPL_NULL_TEXT, **null_knobs}
+    null_config = NullTextConfig(**null_knobs)
+    null_start = null_config.null_start or ("empty" if words else "previous")
     size = _size(pipe, height, width)
     ddim = DDIM(pipe, num_inference_steps)
     steps = ddim.steps
@@ -344,7 +365,7 @@ def edit(
         "source_prompt": source_prompt, "target_prompt": target_prompt, "words": words, "seed": seed,
         "num_inference_steps": steps, "guidance_scale": float(guidance_scale), "size": size,
         "p2p": dataclasses.asdict(p2p.config), "dpl": dataclasses.asdict(dpl.config) if words else None,
-        "null_text": dataclasses.asdict(null_config),
+        "null_text": {**dataclasses.asdict(null_config), "null_start": null_start},
     })
 
     def progress(phase, done):
@@ -389,8 +410,15 @@ def edit(
             attention = maps.cross_average
             nouns = {w: _word_map(attention, src_map.find(w).positions) for w in words}
             report.maps = {w: m.cpu() for w, m in nouns.items()}
+            if dpl.config.cluster_nouns == "caption":  # every noun of the caption may own a cluster, as officially
+                taken = {p for w in words for p in src_map.find(w).positions}
+                for noun in caption_nouns(source_prompt):
+                    where = src_map.positions_of_chars(noun.start, noun.end)
+                    if where and not taken & set(where) and noun.text not in nouns:
+                        nouns[noun.text] = _word_map(attention, where)
             found = background_mask(maps.self_average, nouns, maps.cross_grid, maps.self_grid,
-                                    clusters=dpl.config.clusters, threshold=dpl.config.cluster_threshold, seed=seed)
+                                    clusters=dpl.config.clusters, threshold=dpl.config.cluster_threshold, seed=seed,
+                                    resize=dpl.config.mask_resize)
             report.clusters, report.owners = found.labels, found.owners
             background = found.mask
             report.background = background
@@ -402,7 +430,8 @@ def edit(
         # reconstruction: DPL tokens and null text, step by step from z*_T
         t0 = time.perf_counter()
         nulls, conds_src, conds_tgt = [], [], []
-        null = _embed(pipe, "")
+        empty = _embed(pipe, "")
+        null = empty
         latent = latents[-1]
         dpl_run = None
         try:
@@ -428,7 +457,8 @@ def edit(
                     cond = cond_plain
                 with dpl_run.bypass() if dpl_run is not None else contextlib.nullcontext():
                     with torch.inference_mode(False), torch.enable_grad():
-                        null, record, eps_cond = null_text_step(pipe, ddim, null_config, i, latent, cond, null,
+                        start = empty if null_start == "empty" else null
+                        null, record, eps_cond = null_text_step(pipe, ddim, null_config, i, latent, cond, start,
                                                                 latents[steps - i - 1], float(guidance_scale), stop)
                     latent = cfg_step(pipe, ddim, i, latent, cond, null, float(guidance_scale), eps_cond)
                 report.null_text.append(record)

@@ -24,10 +24,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..core.layers import choose_grid
 from ..errors import AttnKitError, check_stop
 from ..methods.base import Controller, Method
-from ..methods.dpl import DPLConfig
+from ..methods.dpl import DPLConfig, map_grid
 
 MAX_NULL_ITERATIONS = 200  # [ours] a cap for shared presets
 
@@ -98,7 +97,7 @@ class InversionMapsController(Controller):
 
     def bind(self, layers, latent_hw):
         config: DPLConfig = self.config
-        self.cross_grid = choose_grid(layers, latent_hw, config.attn_res)
+        self.cross_grid = map_grid(layers, latent_hw, config.attn_res)
         self_grids = sorted({layer.grid for layer in layers if layer.kind == "self"}, key=lambda g: g[0] * g[1])
         want = config.self_res or (self.cross_grid[0] * 2, self.cross_grid[1] * 2)
         if want not in self_grids:
@@ -200,12 +199,19 @@ class NullTextConfig:
             ``False`` runs every iteration (DPL's setting).
         null_epsilon: the early-stop base threshold.
         null_lr: Adam's learning rate at step 0 (it decays as ``1 - step/(2 steps)``: ``1 - step/100`` at 50 steps).
+        null_start: where each step's optimisation starts: ``"previous"`` (the previous step's result, null-text
+            inversion's notebook) or ``"empty"`` (a fresh encoding of ``""`` at every step, DPL's official code).
+            ``None``: ``"empty"`` with DPL's dynamic words, ``"previous"`` without.
+
+    :func:`attnkit.edit` fills what is not given by the method it runs: with DPL words 51 iterations without early
+    stop, each step from ``""`` (the official DPL script); without, null-text inversion's 10 with early stop.
     """
 
     null_iterations: int = 10
     null_early_stop: bool = True
     null_epsilon: float = 1e-5
     null_lr: float = 1e-2
+    null_start: str | None = None
 
     def __post_init__(self):
         if isinstance(self.null_iterations, bool) or not isinstance(self.null_iterations, int) or \
@@ -213,6 +219,8 @@ class NullTextConfig:
             raise AttnKitError(f"null_iterations={self.null_iterations!r} must be in 0..{MAX_NULL_ITERATIONS}")
         if not isinstance(self.null_early_stop, bool):
             raise AttnKitError(f"null_early_stop must be true or false, got {self.null_early_stop!r}")
+        if self.null_start not in (None, "previous", "empty"):
+            raise AttnKitError(f"null_start={self.null_start!r}; use 'previous' or 'empty'")
         for name in ("null_epsilon", "null_lr"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:

@@ -170,6 +170,12 @@ class AStar(LatentMethod):
     """
 
     id = "a_star"
+    title = "A-STAR"
+    paper = {"steps": (0.0, 1.0), "iterations": 1, "tau": 0.5, "scale_factor": 20.0, "smoothing": "diffusers",
+             "scale_input": False}
+    paper_run = {"steps": 50, "guidance_scale": 7.5}
+    paper_source = ("Agarwal et al. 2023: every step, one gradient step each, 16x16 maps; the paper gives no tau or "
+                    "step sizes, so these are Attend-and-Excite's, whose code it builds on; 50 steps, CFG 7.5")
     config_class = AStarConfig
     controller_class = AStarController
     #: the options users see: labels, kinds, ranges (this method's rows of the field table)

@@ -157,6 +157,12 @@ class AttendExcite(LatentMethod):
     """
 
     id = "attend_excite"
+    title = "Attend-and-Excite"
+    paper = {"max_iter_to_alter": 25, "thresholds": {0: 0.05, 10: 0.5, 20: 0.8}, "scale_factor": 20.0,
+             "smoothing": "diffusers", "max_refinement_steps": 20, "scale_input": False}
+    paper_run = {"steps": 50, "guidance_scale": 7.5}
+    paper_source = ("Chefer et al. 2023 and its code as diffusers ships it: 25 optimised steps, thresholds 0.05/0.5/0.8 "
+                    "at steps 0/10/20, step size 20, the gradient pass on the raw latent; 50 steps, CFG 7.5")
     config_class = AttendExciteConfig
     controller_class = AttendExciteController
     #: the options users see: labels, kinds, ranges (this method's rows of the field table)

@@ -8,6 +8,7 @@ attention events the runtime routes to it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -191,8 +192,25 @@ class Method:
     needs_words: ClassVar[bool] = False
     #: the options users see (rows of the field table, :mod:`attnkit.methods.fields`), beside the config they describe.
     fields: ClassVar[tuple] = ()
+    #: the method's name for people (menus, node titles, messages).
+    title: ClassVar[str] = ""
+    #: the paper's settings of the options (its official code's where the paper is silent): what
+    #: ``settings="paper"`` starts from. Empty: the method has no paper configuration (its defaults).
+    paper: ClassVar[dict] = {}
+    #: the generation settings of the paper's experiments (steps, guidance, sampler), for paper presets and runs.
+    paper_run: ClassVar[dict] = {}
+    #: where :attr:`paper` comes from, in one line.
+    paper_source: ClassVar[str] = ""
 
-    def __init__(self, config=None, **fields):
+    def __init__(self, config=None, settings: str | None = None, **fields):
+        if settings not in (None, "paper"):
+            raise AttnKitError(f"{type(self).__name__}: settings={settings!r}; the only named settings are 'paper'")
+        if settings == "paper":
+            if config is not None:
+                raise AttnKitError(f"{type(self).__name__}: settings='paper' takes keyword options, not a config object")
+            if not self.paper:
+                raise AttnKitError(f"{self.id} has no paper settings (its defaults are all there is)")
+            fields = {**copy.deepcopy(self.paper), **fields}
         if config is not None and fields:
             raise AttnKitError(f"{type(self).__name__}: pass either a config object or keyword arguments, not both")
         if config is None:

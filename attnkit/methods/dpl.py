@@ -48,6 +48,22 @@ from .p2p import Keys
 
 MAX_TOKEN_ITERATIONS = 200  # [ours] caps for shared presets
 MAX_WORDS = 8
+MASK_RESIZES = ("official", "area")
+CLUSTER_NOUNS = ("caption", "words")
+#: the official map grid (16x16 cross-attention, 32x32 self-attention at 512 px on SD 1.x)
+OFFICIAL_GRID = (16, 16)
+#: the official code saves the background mask as an image of this side before shrinking it
+MASK_IMAGE_SIDE = 512
+
+
+def map_grid(layers, latent_hw, attn_res) -> tuple[int, int]:
+    """The cross-attention grid DPL reads: ``attn_res``; by default 16x16 where the image has it, else
+    :func:`~attnkit.core.layers.choose_grid`'s default."""
+    from ..core.layers import text_grids
+
+    if attn_res is None and OFFICIAL_GRID in text_grids(layers):
+        return OFFICIAL_GRID
+    return choose_grid(layers, latent_hw, attn_res)
 
 
 @dataclass
@@ -61,12 +77,18 @@ class DPLConfig:
         bg_start: the step from which the background loss acts (``max_iter_to_alter``; 0: from the first).
         token_iterations: the most optimiser steps of the dynamic tokens per denoising step (J).
         token_lr, token_weight_decay: AdamW's learning rate and weight decay.
-        attn_res: grid of the cross-attention maps, an int side or ``(h, w)``; ``None``: a quarter of the latent
-            side (16 at 512 px).
+        attn_res: grid of the cross-attention maps, an int side or ``(h, w)``; ``None``: 16x16, the official grid,
+            where the image has one (SD 1.x at 512 px; also the tiny test models), else a quarter of the latent side.
         self_res: grid of the self-attention clustered for the background; ``None``: twice ``attn_res``.
         clusters: k-means clusters of the background mask.
         cluster_threshold: a cluster belongs to a noun when the noun's mean normalised attention in it exceeds this.
         smoothing: smoothing of the balancing loss's maps (``"diffusers"``, ``"gaussian"``, ``"none"``).
+        mask_resize: how the background clusters become the mask at the map grid: ``"official"`` (the official
+            code's: the mask as a 512 px image, shrunk with PIL's bicubic resize, every non-zero pixel kept) or
+            ``"area"`` (area average above one half) [ours].
+        cluster_nouns: which nouns may own a cluster: ``"caption"`` (every noun of the caption, as the official
+            code's POS tagger finds them; attnkit's rule lexicon stands in for NLTK's tagger) or ``"words"`` (only
+            the dynamic words) [ours].
     """
 
     lambda_at: float = 1.0
@@ -87,6 +109,8 @@ class DPLConfig:
     clusters: int = 5
     cluster_threshold: float = 0.2
     smoothing: str = "diffusers"
+    mask_resize: str = "official"
+    cluster_nouns: str = "caption"
 
     def __post_init__(self):
         for name in ("lambda_at", "lambda_dj", "lambda_bg"):
@@ -110,6 +134,10 @@ class DPLConfig:
             raise AttnKitError(f"dpl: cluster_threshold={self.cluster_threshold!r} must be between 0 and 1")
         if self.smoothing not in SMOOTHING:
             raise AttnKitError(f"dpl: smoothing={self.smoothing!r}; use one of {', '.join(SMOOTHING)}")
+        if self.mask_resize not in MASK_RESIZES:
+            raise AttnKitError(f"dpl: mask_resize={self.mask_resize!r}; use one of {', '.join(MASK_RESIZES)}")
+        if self.cluster_nouns not in CLUSTER_NOUNS:
+            raise AttnKitError(f"dpl: cluster_nouns={self.cluster_nouns!r}; use one of {', '.join(CLUSTER_NOUNS)}")
         self.attn_res = _grid(self.attn_res, "attn_res")
         self.self_res = _grid(self.self_res, "self_res")
 
@@ -191,13 +219,14 @@ def normalise_map(a: torch.Tensor) -> torch.Tensor:
 
 def background_mask(self_attention: torch.Tensor, noun_maps: dict[str, torch.Tensor], cross_grid: tuple[int, int],
                     self_grid: tuple[int, int], clusters: int = 5, threshold: float = 0.2,
-                    seed: int = 1) -> BackgroundMask:
+                    seed: int = 1, resize: str = "official") -> BackgroundMask:
     """Training-free background segmentation (DPL's supplementary).
 
     Args:
         self_attention: ``(N, N)`` averaged self-attention at ``self_grid`` (``N = hs * ws``); its rows are clustered.
         noun_maps: ``{noun: (h, w)}`` averaged cross-attention at ``cross_grid``.
         clusters, threshold, seed: k-means clusters, the ownership threshold, k-means' seed (10 inits).
+        resize: how the background becomes the mask at ``cross_grid`` (see :func:`shrink_mask`).
     """
     from sklearn.cluster import KMeans
 
@@ -225,13 +254,29 @@ def background_mask(self_attention: torch.Tensor, noun_maps: dict[str, torch.Ten
     for c, owner in enumerate(owners):
         if owner == "BG":
             background[labels == c] = 1.0
-    mask = None
-    if background.any():
-        mask = F.interpolate(background[None, None], size=cross_grid, mode="area")[0, 0] > 0.5
-        if not mask.any():  # a thin background that vanishes at the coarse grid still counts where it is densest
-            coarse = F.interpolate(background[None, None], size=cross_grid, mode="area")[0, 0]
-            mask = coarse >= coarse.max()
+    mask = shrink_mask(background, cross_grid, resize) if background.any() else None
     return BackgroundMask(mask, labels, owners, scores)
+
+
+def shrink_mask(background: torch.Tensor, grid: tuple[int, int], resize: str = "official") -> torch.Tensor:
+    """The ``(hs, ws)`` 0/1 background at the map ``grid``, as a bool mask.
+
+    ``"official"``: as the official code: the mask drawn as a 512 px 8-bit image (each cell a block of pixels),
+    shrunk with PIL's default bicubic resize, and every pixel above 0 kept, so a cell near any background counts.
+    ``"area"``: the area average above one half (a thin background that vanishes this way still counts where it is
+    densest).
+    """
+    if resize == "official":
+        from PIL import Image
+
+        side = MASK_IMAGE_SIDE
+        big = F.interpolate(background[None, None].float(), size=(side, side), mode="nearest")[0, 0]
+        image = Image.fromarray((big.numpy() * 255).astype(np.uint8))
+        small = np.asarray(image.resize((grid[1], grid[0]), Image.BICUBIC))
+        return torch.from_numpy(small > 0)
+    coarse = F.interpolate(background[None, None].float(), size=grid, mode="area")[0, 0]
+    mask = coarse > 0.5
+    return mask if mask.any() else coarse >= coarse.max()
 
 
 # -------------------------------------------------------------------------------------------- dynamic tokens
@@ -349,7 +394,7 @@ class DPLController(Controller):
     """Per-run state of ``dpl``: the cross-attention layers its losses read (gradient passes only)."""
 
     def bind(self, layers: list[LayerInfo], latent_hw):
-        self.grid = choose_grid(layers, latent_hw, self.config.attn_res)
+        self.grid = map_grid(layers, latent_hw, self.config.attn_res)
         self.prob_layers = frozenset(i.index for i in layers if i.kind == "cross" and i.grid == self.grid)
         self.layers = layers
         self.report.data["attn_res"] = self.grid
@@ -379,6 +424,14 @@ class DPL(Method):
     """Dynamic Prompt Learning for :func:`attnkit.edit`. See :class:`DPLConfig`."""
 
     id = "dpl"
+    title = "Dynamic Prompt Learning"
+    paper = {"lambda_at": 1.0, "alpha_at": 25.0, "beta_at": 0.3, "lambda_dj": 0.05, "alpha_dj": 25.0, "beta_dj": 0.9,
+             "lambda_bg": 0.05, "alpha_bg": 50.0, "beta_bg": 0.7, "bg_start": 0, "token_iterations": 21,
+             "attn_res": None, "clusters": 5, "cluster_threshold": 0.2, "mask_resize": "official",
+             "cluster_nouns": "caption"}
+    paper_run = {"steps": 50, "guidance_scale": 7.5}
+    paper_source = ("Wang et al. 2023's DPL.sh and supplementary: the thresholds and weights above, 21 token updates and "
+                    "51 fixed null-text updates from \"\" per step, 16x16 maps, 5 clusters at 0.2; 50 DDIM steps, CFG 7.5")
     config_class = DPLConfig
     controller_class = DPLController
     families = ("sd",)

@@ -170,6 +170,7 @@ class Observe(Method):
     """
 
     id = "observe"
+    title = "Attention maps (observe)"
     attention = frozenset({"read"})
     config_class = ObserveConfig
     controller_class = ObserveController

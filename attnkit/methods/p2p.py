@@ -529,6 +529,12 @@ class P2P(Method):
     """
 
     id = "p2p"
+    title = "Prompt-to-Prompt"
+    paper = {"cross_replace": (0.0, 0.8), "self_replace": (0.0, 0.4), "blend_threshold": 0.3, "start_blend": 0.2,
+             "step_rounding": "official"}
+    paper_run = {"steps": 50, "guidance_scale": 7.5}
+    paper_source = ("Hertz et al. 2023's notebooks: cross-attention injected for 0.8 of the steps, self-attention for "
+                    "0.4, blend threshold 0.3 from 0.2 of the steps, the official step rounding; 50 DDIM steps, CFG 7.5")
     config_class = P2PConfig
     controller_class = P2PController
     families = ("sd", "sdxl")

@@ -52,6 +52,9 @@ class StructuredConfig:
         conjunction_first_key: ``"official"``: the first key is the all-substituted sequence, as the official code
             computes it; ``"prompt"``: the raw prompt, as the paper intends.
         steps: progress window ``(start, stop)`` in which it acts [ours]; the paper acts at every step (default).
+        lowercase: the parser reads the prompt lowercased, as the official code prepares it (default); the phrases
+            keep the prompt's own characters. The CLIP encodings do not change (CLIP lowercases); what a parser
+            finds can (Stanza and spaCy read capitals as proper nouns; the rules parser ignores case).
     """
 
     parser: str = "rules"
@@ -59,6 +62,7 @@ class StructuredConfig:
     conjunction: bool = False
     conjunction_first_key: str = "official"
     steps: tuple[float, float] = (0.0, 1.0)
+    lowercase: bool = True
 
     def __post_init__(self):
         if self.parser not in PARSERS:
@@ -71,6 +75,8 @@ class StructuredConfig:
                 raise AttnKitError(f"structured: phrases must be non-empty strings, got {self.phrases!r}")
             if len(self.phrases) > MAX_PHRASES:
                 raise AttnKitError(f"structured: at most {MAX_PHRASES} phrases, got {len(self.phrases)}")
+        if not isinstance(self.lowercase, bool):
+            raise AttnKitError(f"structured: lowercase must be true or false, got {self.lowercase!r}")
         if not isinstance(self.conjunction, bool):
             raise AttnKitError(f"structured: conjunction must be true or false, got {self.conjunction!r}")
         if self.conjunction_first_key not in ("official", "prompt"):
@@ -148,7 +154,8 @@ class StructuredController(Controller):
                 for start, end in span.chars:
                     phrases.append(Phrase(prompt[start:end], start, end))
         else:
-            phrases = [p for p in noun_phrases(prompt, self.config.parser)]
+            text = "".join(c.lower() if len(c.lower()) == 1 else c for c in prompt) if self.config.lowercase else prompt
+            phrases = [Phrase(prompt[p.start:p.end], p.start, p.end) for p in noun_phrases(text, self.config.parser)]
         kept = []
         for phrase in phrases:
             positions = key.positions_of_chars(phrase.start, phrase.end)
@@ -236,6 +243,12 @@ class StructuredGuidance(Method):
     """
 
     id = "structured"
+    title = "Structured Diffusion Guidance"
+    paper = {"parser": "rules", "conjunction": False, "conjunction_first_key": "official", "steps": (0.0, 1.0),
+             "lowercase": True}
+    paper_run = {"steps": 50, "guidance_scale": 7.5, "sampler": "PNDM"}
+    paper_source = ("Feng et al. 2023's official code: every step, one key and many values, the prompt lowercased; "
+                    "PLMS (PNDM here), 50 steps, CFG 7.5; the rules parser stands in for its Stanza parse")
     config_class = StructuredConfig
     controller_class = StructuredController
     families = ("sd", "sdxl")
@@ -254,6 +267,9 @@ class StructuredGuidance(Method):
               "which text gives the first key: the official code's (every phrase substituted) or the paper's (the "
               "prompt itself)",
               choices=("official", "prompt"), choice_labels=("as the official code", "as the paper"), advanced=True),
+        Field("structured", "lowercase", "Parse lowercased", "bool", True,
+              "the parser reads the prompt in lower case, as the official code (matters for stanza and spacy)",
+              advanced=True),
         Field("structured", "steps", "Active steps", "window", (0.0, 1.0),
               "the part of the run in which it acts, as from-to fractions: 0-1 the whole run, 0-0.5 the first half",
               advanced=True),

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..editing import parse_scales, parse_window
+from ..editing import DPL_NULL_TEXT, parse_scales, parse_window
 from ..errors import AttnKitError, Interrupted
 
 logger = logging.getLogger("attnkit")
@@ -22,24 +22,26 @@ PHASES = {"invert": "inverting", "optimise": "optimising tokens and null text", 
 
 
 def edit_knobs(edit_type, reweight, blend_words, blend_threshold, cross_replace, self_replace, token_iterations,
-               null_iterations, dpl_null_text) -> dict[str, Any]:
-    """:func:`attnkit.edit` keyword arguments from the tab's widgets."""
+               null_iterations, dpl_null_text, dynamic: bool = False) -> dict[str, Any]:
+    """:func:`attnkit.edit` keyword arguments from the tab's widgets. ``dynamic``: DPL words are picked; then
+    ``dpl_null_text`` leaves the null text to DPL's official setting (51 fixed iterations, each step from "")."""
     knobs: dict[str, Any] = {
         "edit": edit_type or "replace",
         "cross_replace": parse_window(cross_replace, "Cross-attention injection"),
         "self_replace": parse_window(self_replace, "Self-attention injection"),
         "blend_threshold": float(blend_threshold),
         "token_iterations": int(token_iterations),
-        "null_iterations": int(null_iterations),
     }
+    if dynamic and dpl_null_text:
+        knobs.update(DPL_NULL_TEXT)
+    else:
+        knobs.update(null_iterations=int(null_iterations), null_early_stop=True, null_start="previous")
     scales = parse_scales(reweight, "Reweight")
     if scales:
         knobs["reweight"] = scales
     words = [w.strip() for w in (blend_words or "").split(",") if w.strip()]
     if words:
         knobs["blend_words"] = words
-    if dpl_null_text:
-        knobs.update(null_iterations=max(int(null_iterations), 51), null_early_stop=False)
     return knobs
 
 
@@ -131,8 +133,9 @@ def build_edit_tab(gr, state):
                                                  elem_id="ak-edit-token-iterations")
                     null_iterations = gr.Slider(1, 100, value=10, step=1, label="Null-text updates per step",
                                                 elem_id="ak-edit-null-iterations")
-                dpl_null_text = gr.Checkbox(label="DPL's null-text setting (51 updates, no early stop; slower)",
-                                            value=False, elem_id="ak-edit-dpl-null")
+                dpl_null_text = gr.Checkbox(label="With DPL words: DPL's null-text setting (51 updates from \"\" at "
+                                                  "every step, no early stop; the paper's). Off: the slider above",
+                                            value=True, elem_id="ak-edit-dpl-null")
             with gr.Row():
                 seed = gr.Number(label="Seed", value=1, precision=0, minimum=0, elem_id="ak-edit-seed")
                 steps = gr.Slider(4, 100, value=50, step=1, label="Steps", elem_id="ak-edit-steps")
@@ -154,7 +157,7 @@ def build_edit_tab(gr, state):
     # the parameter names are the /edit API's
     def run_edit(model, photo, caption, edited_caption, words="", edit_type="replace", reweight="", blend_words="",
                  blend_threshold=0.3, cross_replace="0-0.8", self_replace="0-0.4", token_iterations=21,
-                 null_iterations=10, dpl_null_text=False, seed=1, steps=50, cfg_scale=7.5,
+                 null_iterations=10, dpl_null_text=True, seed=1, steps=50, cfg_scale=7.5,
                  request: gr.Request = None, progress=gr.Progress()):
         """Edit a photo by editing its caption (Prompt-to-Prompt on a null-text inversion; with words, Dynamic
         Prompt Learning first). Returns the input/reconstruction/edit views, the maps and masks, the edited PNG
@@ -165,9 +168,9 @@ def build_edit_tab(gr, state):
         try:
             if photo is None:
                 raise AttnKitError("upload a photo first")
-            knobs = edit_knobs(edit_type, reweight, blend_words, blend_threshold, cross_replace, self_replace,
-                               token_iterations, null_iterations, dpl_null_text)
             chosen = [w.strip() for w in (words or "").split(",") if w.strip()]
+            knobs = edit_knobs(edit_type, reweight, blend_words, blend_threshold, cross_replace, self_replace,
+                               token_iterations, null_iterations, dpl_null_text, dynamic=bool(chosen))
             pipe, lock = state.pipe(model)
             weights = phase_weights(knobs, bool(chosen))
             clock = Progress(int(steps))

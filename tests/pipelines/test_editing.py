@@ -329,3 +329,43 @@ def test_null_text_learning_rate_stays_positive_for_long_schedules(sd15):
     moved, record, _ = null_text_step(sd15, ddim, NullTextConfig(null_iterations=1), 149, latent,
                                       editing._embed(sd15, SOURCE), null, target, 7.5)
     assert record["iterations"] == 1 and not torch.equal(moved, null)  # the last step still learns
+
+
+@pytest.mark.parametrize("words, given, expected_start, expected", [
+    (["dog"], {}, "empty", (51, False)),  # DPL's official script: 51 fixed iterations, each step from ""
+    (["dog"], {"null_start": "previous", "null_iterations": 3}, "previous", (3, False)),
+    ([], {}, "previous", (10, True)),  # null-text inversion: 10 with early stop, from the previous step's
+])
+def test_null_text_follows_the_method_it_serves(sd15, photo, monkeypatch, words, given, expected_start, expected):
+    """Where each step's null-text optimisation starts and how long it runs: DPL's official code re-encodes "" at
+    every step (its pipeline gets no negative embeddings); null-text inversion carries the previous step's."""
+    starts, configs = [], []
+    empty = editing._embed(sd15, "")
+
+    def recording(pipe, ddim, config, step, latent, cond, null, target, guidance, stop=None):
+        starts.append(null.clone())
+        configs.append(config)
+        out = null + 0.01 * (step + 1)  # a different "optimised" embedding at each step
+        return out, {"step": step, "iterations": 0, "loss_first": None, "loss_last": None}, None
+
+    monkeypatch.setattr(editing, "null_text_step", recording)
+    result = attnkit.edit(sd15, photo, SOURCE, TARGET, words=words, num_inference_steps=3, token_iterations=1,
+                          **given)
+    config = configs[0]
+    assert (config.null_iterations, config.null_early_stop) == expected
+    assert result.report.settings["null_text"]["null_start"] == expected_start
+    for i, start in enumerate(starts):
+        if expected_start == "empty" or i == 0:
+            torch.testing.assert_close(start, empty)
+        else:
+            torch.testing.assert_close(start, starts[i - 1] + 0.01 * i)
+
+
+def test_dpl_maps_default_to_the_official_16x16_grid(sd15, photo, monkeypatch):
+    monkeypatch.setattr(editing, "null_text_step", lambda pipe, ddim, config, step, latent, cond, null, *a, **k:
+                        (null, {"step": step, "iterations": 0, "loss_first": None, "loss_last": None}, None))
+    result = attnkit.edit(sd15, photo, SOURCE, TARGET, words=["dog"], num_inference_steps=2, token_iterations=1)
+    # the tiny model at 128 px has 16x16 and 8x8 maps: a quarter of the latent side would be 8x8; the official 16x16
+    # exists, so it is used; its self-attention is 16x16 too (no 32x32 here)
+    assert tuple(result.report.maps["dog"].shape) == (16, 16)
+    assert tuple(result.report.clusters.shape) == (16, 16)

@@ -78,7 +78,7 @@ def _planted():
 
 def test_kmeans_background_finds_the_planted_clusters():
     region, attention, nouns = _planted()
-    found = background_mask(attention, nouns, (4, 4), (8, 8), clusters=3, threshold=0.2, seed=1)
+    found = background_mask(attention, nouns, (4, 4), (8, 8), clusters=3, threshold=0.2, seed=1, resize="area")
     # the clusters are the planted regions, whatever their numbering
     pairs = {(int(r), int(c)) for r, c in zip(region.flatten(), found.labels.flatten())}
     assert len(pairs) == 3 and len({r for r, _ in pairs}) == 3 and len({c for _, c in pairs}) == 3
@@ -87,11 +87,15 @@ def test_kmeans_background_finds_the_planted_clusters():
     expected = torch.zeros(4, 4, dtype=torch.bool)
     expected[2:] = True
     assert torch.equal(found.mask, expected)
+    # the official shrink (bicubic, any non-zero pixel) also keeps the row the bicubic kernel reaches
+    official = background_mask(attention, nouns, (4, 4), (8, 8), clusters=3, threshold=0.2, seed=1).mask
+    expected[1] = True
+    assert torch.equal(official, expected)
 
 
 def test_with_the_default_five_clusters_the_background_is_still_the_bottom_half():
     region, attention, nouns = _planted()
-    found = background_mask(attention, nouns, (4, 4), (8, 8), clusters=5, seed=1)
+    found = background_mask(attention, nouns, (4, 4), (8, 8), clusters=5, seed=1, resize="area")
     assert found.mask is not None and found.mask[2:].all() and not found.mask[:2].any()
 
 
@@ -182,3 +186,63 @@ def test_target_keeps_the_same_occurrence_of_a_repeated_noun(sd15):
     assert src_keys.content_ids == tgt_keys.content_ids  # each dog keeps its own token in the target
     only_second = target_words(TokenMap("a dog and a cat", sd15.tokenizer), dynamic_words(sd15, src, ["dog#2"]))
     assert only_second == {}  # the target has no second dog
+
+
+# ------------------------------------------------------------------------------- official mask and cluster nouns
+
+
+def _official_shrink(background: torch.Tensor, side: int) -> torch.Tensor:
+    """The official code's mask, from its description: the background saved as a 512 px image (each cell a block of
+    pixels), shrunk with PIL's default bicubic resize, every pixel above 0 kept."""
+    import numpy as np
+    from PIL import Image
+
+    cells = background.numpy().astype(np.uint8) * 255
+    block = 512 // cells.shape[0]
+    image = Image.fromarray(np.kron(cells, np.ones((block, block), dtype=np.uint8)))
+    return torch.from_numpy(np.asarray(image.resize((side, side), Image.BICUBIC)) > 0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_background_mask_is_shrunk_as_the_official_code(seed):
+    from attnkit.methods.dpl import shrink_mask
+
+    g = torch.Generator().manual_seed(seed)
+    # a synthetic scene at the 32x32 self-attention grid: background everywhere but one or two blobs
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    background = torch.ones(32, 32)
+    for _ in range(1 + seed % 2):
+        cy, cx, r = (torch.rand(3, generator=g) * torch.tensor([20.0, 20.0, 6.0]) + torch.tensor([6.0, 6.0, 5.0]))
+        background[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 0
+    official = shrink_mask(background, (16, 16), "official")
+    assert torch.equal(official, _official_shrink(background, 16))
+    area = shrink_mask(background, (16, 16), "area")
+    assert bool((official | ~area).all()), "the official background contains the area-averaged one"
+    assert int(official.sum()) > int(area.sum())
+
+
+def test_every_noun_of_the_caption_may_own_a_cluster():
+    """With a third noun whose attention covers the planted background, its cluster is no longer background (the
+    official code's POS tagger lets every noun own clusters); with the dynamic words alone it is."""
+    from attnkit.core.phrases import nouns
+
+    assert [n.text for n in nouns("a cat and a dog on the grass")] == ["cat", "dog", "grass"]
+    assert [n.text for n in nouns("a photo of a red school bus, highly detailed")] == ["photo", "school", "bus"]
+    region, attention, maps = _planted()
+    grass = torch.zeros(4, 4)
+    grass[2:] = 1.0
+    words_only = background_mask(attention, maps, (4, 4), (8, 8), clusters=3, seed=1)
+    caption = background_mask(attention, {**maps, "grass": grass + 0.01}, (4, 4), (8, 8), clusters=3, seed=1)
+    assert words_only.mask is not None and "BG" in words_only.owners
+    assert caption.mask is None and "grass" in caption.owners
+
+
+def test_dpl_config_names_its_choices():
+    from attnkit.methods import DPLConfig
+
+    config = DPLConfig()
+    assert (config.mask_resize, config.cluster_nouns) == ("official", "caption")
+    with pytest.raises(AttnKitError, match="mask_resize='bilinear'; use one of official, area"):
+        DPLConfig(mask_resize="bilinear")
+    with pytest.raises(AttnKitError, match="cluster_nouns='all'; use one of caption, words"):
+        DPLConfig(cluster_nouns="all")

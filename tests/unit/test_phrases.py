@@ -38,7 +38,11 @@ CASES = {
     "a dog chases a red ball": ["a dog", "a red ball"],
     "a cat is sleeping on a blue sofa": ["a cat", "a blue sofa"],
     "two cats playing with a ball of yarn": ["two cats", "a ball of yarn", "a ball"],
-    "an astronaut riding a horse on the moon": ["an astronaut", "a horse", "the moon"],
+    # a place phrase after a participle's object attaches to that object, as the official code's constituency parse
+    # (Stanza) reads it; a motion phrase ("down a street") stays with the verb
+    "an astronaut riding a horse on the moon": ["an astronaut", "a horse on the moon", "a horse", "the moon"],
+    "a dog standing on a surfboard on the beach": [
+        "a dog", "a surfboard on the beach", "a surfboard", "the beach"],
     "a woman in a red dress holding a white cat": [
         "a woman in a red dress", "a woman", "a red dress", "a white cat"],
     "a bird on a branch": ["a bird", "a branch"],
@@ -162,3 +166,25 @@ def test_constituency_walk_keeps_nested_multiword_nps_in_preorder():
     spans = constituency_spans(tree, chars)
     text = "a red teddy bear in a christmas hat"
     assert [text[a:b] for a, b in spans] == [text, "a red teddy bear", "a christmas hat"]
+
+
+def test_structured_parses_the_lowercased_prompt_and_keeps_its_characters(monkeypatch, sd15):
+    """The official code lowercases the prompt before parsing; the phrases still point at the prompt as typed."""
+    import attnkit
+    from attnkit.core import phrases as module
+    from attnkit.methods import StructuredGuidance
+
+    seen = []
+    real = module._rules
+
+    def recording(prompt):
+        seen.append(prompt)
+        return real(prompt)
+
+    monkeypatch.setattr(module, "_rules", recording)
+    prompt = "A Red Car and a White Sheep"
+    for lowercase, text in ((True, prompt.lower()), (False, prompt)):
+        seen.clear()
+        with attnkit.attach(sd15, [StructuredGuidance(lowercase=lowercase)], prompt=prompt) as run:
+            found = [p["text"] for p in run.controllers[0].report.data["phrases"]]
+        assert seen == [text] and found == ["A Red Car", "a White Sheep"]
