@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--parser", help="structured: rules (default), stanza or spacy")
     gen.add_argument("--conjunction", action="store_true", default=None,
                      help="structured: conjunction mode (many keys, one value)")
+    gen.add_argument("--paper", action="store_true",
+                     help="each --method at its paper's settings, and the paper's steps, CFG and sampler where not "
+                          "given (e.g. Attend-and-Excite: 50 steps, CFG 7.5, its thresholds, the raw-latent pass)")
     gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20 tiny, 30 otherwise)")
     gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the pipeline's)")
     gen.add_argument("--sampler", default=None,
@@ -89,9 +92,14 @@ def _parser() -> argparse.ArgumentParser:
                                                    "(default 0-0.8)")
     ed.add_argument("--self-replace", help="part of the run in which coarse self-attention is injected (default 0-0.4)")
     ed.add_argument("--token-iterations", type=int, default=None, help="DPL: most token updates per step (21)")
-    ed.add_argument("--null-iterations", type=int, default=None, help="null-text: most updates per step (10)")
+    ed.add_argument("--null-iterations", type=int, default=None,
+                    help="null-text: most updates per step (default: 51 fixed with --words, as DPL's code; 10 with "
+                         "early stop without, as null-text inversion)")
     ed.add_argument("--dpl-null-text", action="store_true",
-                    help="null-text as in DPL's code: 51 iterations per step, no early stop (slower)")
+                    help="null-text as in DPL's code also without --words: 51 fixed updates per step from \"\"")
+    ed.add_argument("--paper", action="store_true",
+                    help="the papers' settings for every option not given (DPL's DPL.sh, Prompt-to-Prompt's notebooks; "
+                         "50 steps also on tiny models)")
     ed.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 50; 20 for tiny models)")
     ed.add_argument("--cfg", type=float, default=7.5, help="guidance scale (7.5)")
     ed.add_argument("--seed", type=int, default=1, help="seed of the background mask's k-means (1)")
@@ -223,17 +231,27 @@ def _generate(args) -> int:
     check_sampler(args.sampler)  # a typo is refused before the model loads
     _check_outputs({"--out": args.out, "--maps": args.maps}, {"--report": args.report})
     methods = _method_objects(args)
+    paper: dict = {}
+    chosen_sampler = args.sampler
+    if args.paper:
+        from .runtime.drive import at_paper_settings
+
+        if not any(m.paper for m in methods):
+            raise AttnKitError("--paper needs a --method with paper settings (attend_excite, a_star, structured)")
+        methods, paper_sampler = at_paper_settings(methods, "paper", paper)
+        chosen_sampler = args.sampler or paper_sampler
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config)
     tiny = is_tiny(pipe)
-    kwargs = {"num_inference_steps": args.steps or (20 if tiny else 30)}
+    kwargs = {"num_inference_steps": args.steps or paper.get("num_inference_steps") or (20 if tiny else 30)}
     height = args.height or (TINY_IMAGE_SIZE if tiny else None)
     width = args.width or (TINY_IMAGE_SIZE if tiny else None)
     if height:
         kwargs["height"] = height
     if width:
         kwargs["width"] = width
-    if args.cfg is not None:
-        kwargs["guidance_scale"] = args.cfg
+    cfg = args.cfg if args.cfg is not None else paper.get("guidance_scale")
+    if cfg is not None:
+        kwargs["guidance_scale"] = cfg
     if args.negative_prompt is not None:
         kwargs["negative_prompt"] = args.negative_prompt
     pipe.set_progress_bar_config(disable=True)
@@ -255,7 +273,7 @@ def _generate(args) -> int:
         make_bar().set_postfix_str(work_text(what, done, total))
 
     try:
-        with using_sampler(pipe, args.sampler) as sampler:
+        with using_sampler(pipe, chosen_sampler) as sampler:
             result = generate(pipe, args.prompt, methods, seed=args.seed, on_step=on_step, on_work=on_work,
                               **kwargs)
     finally:
@@ -267,8 +285,8 @@ def _generate(args) -> int:
         settings = {"steps": kwargs["num_inference_steps"], "seed": args.seed}
         if sampler != DEFAULT:
             settings["sampler"] = sampler
-        if args.cfg is not None:
-            settings["guidance_scale"] = args.cfg
+        if cfg is not None:
+            settings["guidance_scale"] = cfg
         if height and width:
             settings.update(width=width, height=height)
         presettable = [m for m in methods if m.id in REGISTRY]  # condition images (pka) are not preset data
@@ -325,10 +343,12 @@ def _edit(args) -> int:
     }
     knobs = {k: v for k, v in knobs.items() if v is not None}
     if args.dpl_null_text:
-        knobs.update(null_iterations=knobs.get("null_iterations", 51), null_early_stop=False)
+        from .editing import DPL_NULL_TEXT
+
+        knobs = {**DPL_NULL_TEXT, **knobs}
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config)
     pipe.set_progress_bar_config(disable=True)
-    steps = args.steps or (20 if is_tiny(pipe) else 50)
+    steps = args.steps or (20 if is_tiny(pipe) and not args.paper else 50)
     bars: dict[str, tqdm] = {}
     names = {"invert": "inverting", "optimise": "optimising", "edit": "editing"}
 
@@ -340,7 +360,7 @@ def _edit(args) -> int:
     try:
         result = edit(pipe, args.image, args.source, args.target, words=words, edit=args.edit, seed=args.seed,
                       num_inference_steps=steps, guidance_scale=args.cfg, height=args.height, width=args.width,
-                      on_progress=on_progress, **knobs)
+                      on_progress=on_progress, settings="paper" if args.paper else None, **knobs)
     finally:
         for bar in bars.values():
             bar.close()

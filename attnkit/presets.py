@@ -283,12 +283,19 @@ class Preset:
 
     @staticmethod
     def builtins() -> dict[str, "Preset"]:
-        """The presets shipped with attnkit, by name."""
+        """The presets shipped with attnkit, by name: the files of ``presets_builtin/`` and, for every method with
+        a paper configuration, ``"<title> (paper settings)"`` (:func:`paper_preset`)."""
         out = {}
         folder = resources.files("attnkit") / "presets_builtin"
         for entry in sorted(folder.iterdir(), key=lambda e: e.name):
             if entry.name.endswith(".json"):
                 preset = Preset.from_json(entry.read_text(encoding="utf-8"))
+                out[preset.name] = preset
+        from .methods import REGISTRY
+
+        for cls in REGISTRY.values():
+            if cls.paper:
+                preset = paper_preset(cls.id)
                 out[preset.name] = preset
         return out
 
@@ -733,3 +740,22 @@ def _settings(value, problems: list[str]) -> dict[str, Any]:
             problems.append(f"settings.{key}: expected a{'n integer' if kind == 'int' else ' number'} "
                             f"from {_bound(low, kind)} to {_bound(high, kind)}, got {shown(item)}")
     return out
+
+
+def paper_preset(method_id: str) -> Preset:
+    """The built-in preset of a method at its paper's settings (the method class's ``paper`` and ``paper_run``):
+    one click in the app, one name in the CLI and the webui, one share code."""
+    from .methods import get_method
+
+    cls = get_method(method_id)
+    if not cls.paper:
+        raise PresetError(f"{method_id} has no paper settings")
+    params = Preset.from_methods([cls(settings="paper", **_stand_in(cls))]).methods[0][1]
+    params.pop("words", None)  # the words are the user's prompt's
+    return Preset.from_params([(method_id, params)], settings=dict(cls.paper_run),
+                              name=f"{cls.title} (paper settings)", description=f"{cls.paper_source}.")
+
+
+def _stand_in(cls) -> dict:
+    """What a method that needs words must be built with to serialise its other options."""
+    return {"words": ["x"]} if cls.needs_words else {}

@@ -72,7 +72,7 @@ def _comfy():
 
 def field_input(f):
     """A V1 input spec for a field-table row (``None`` for rows that are not node inputs)."""
-    if not f.panel or f.name == "words":
+    if not f.panel or f.name == "words" or not f.host_model:
         return None
     tip = {"tooltip": f.help}
     if f.kind == "bool":

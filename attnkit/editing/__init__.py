@@ -176,15 +176,26 @@ def parse_window(text: str, label: str) -> tuple[float, float]:
     return parse_range(text, label, example="0-0.8")
 
 
-def _p2p_method(edit, knobs: dict) -> P2P:
-    """The ``P2P`` of an ``edit=`` argument (a name, a config or a method) with keyword options."""
+def _p2p_method(edit, knobs: dict, settings: str | None = None) -> P2P:
+    """The ``P2P`` of an ``edit=`` argument (a name, a config or a method) with keyword options (at the paper's
+    settings first with ``settings="paper"``)."""
     if isinstance(edit, P2P):
         if knobs:
             raise AttnKitError("pass Prompt-to-Prompt options either in the P2P object or as keywords, not both")
         return edit
     if isinstance(edit, P2PConfig):
         return P2P(dataclasses.replace(edit, **knobs))
-    return P2P(edit=edit, **knobs)
+    return P2P(edit=edit, settings=settings, **knobs)
+
+
+def _paper_call(settings: str | None, kwargs: dict, steps_name: str = "num_inference_steps") -> None:
+    """``settings="paper"``: the paper's steps and guidance where the call gives none."""
+    if settings is None:
+        return
+    if settings != "paper":
+        raise AttnKitError(f"settings={settings!r}; the only named settings are 'paper'")
+    kwargs.setdefault(steps_name, P2P.paper_run["steps"])
+    kwargs.setdefault("guidance_scale", P2P.paper_run["guidance_scale"])
 
 
 def _check_pipe(pipe) -> None:
@@ -309,6 +320,7 @@ def edit(
     width: int | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     stop=None,
+    settings: str | None = None,
     **knobs,
 ) -> EditResult:
     """Edit a real image by editing its caption.
@@ -327,6 +339,8 @@ def edit(
         on_progress: called as ``on_progress(phase, done, total)`` with phases ``"invert"``, ``"optimise"``,
             ``"edit"``.
         stop: a ``threading.Event`` (or a callable returning ``True``) that interrupts the run.
+        settings: ``"paper"``: every option not given at the papers' settings (DPL's ``DPL.sh`` and
+            Prompt-to-Prompt's notebooks: 50 steps, CFG 7.5, injection 0.8/0.4, 51 null-text updates from ""...).
         **knobs: Prompt-to-Prompt options (``cross_replace``, ``self_replace``, ``reweight``, ``blend_words``...),
             DPL options (``lambda_at``, ``token_iterations``, ``attn_res``...) and null-text options
             (``null_iterations``, ``null_early_stop``...).
@@ -340,6 +354,9 @@ def edit(
     """
     t_start = time.perf_counter()
     _check_pipe(pipe)
+    _paper_call(settings, {})  # edit's own defaults are the papers' steps and guidance (50, 7.5)
+    if settings is not None and words:
+        knobs = {**DPL.paper, **knobs}
     if not isinstance(source_prompt, str) or not source_prompt.strip():
         raise AttnKitError("source_prompt must be a non-empty caption of the image, e.g. 'a cat and a dog'")
     if not isinstance(target_prompt, str) or not target_prompt.strip():
@@ -352,7 +369,7 @@ def edit(
     if isinstance(words, str):
         words = [w.strip() for w in words.split(",") if w.strip()]
     words = list(words or [])
-    p2p = _p2p_method(edit, p2p_knobs)
+    p2p = _p2p_method(edit, p2p_knobs, settings)
     dpl = DPL(**dpl_knobs)
     if words:  # what is not given follows the method: DPL's official null text (51 fixed iterations, from "")
         null_knobs = {**DPL_NULL_TEXT, **null_knobs}
@@ -562,13 +579,16 @@ def _p2p_loop(pipe, ddim: DDIM, p2p: P2P, source_prompt: str, sequences, start: 
 
 
 def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, edit: str | P2P | P2PConfig = "replace",
-                     seed: int | None = None, on_step: Callable[[StepInfo], None] | None = None, **kwargs):
+                     seed: int | None = None, on_step: Callable[[StepInfo], None] | None = None,
+                     settings: str | None = None, **kwargs):
     """Generate ``source_prompt`` and its Prompt-to-Prompt edit ``target_prompt`` from the same noise.
 
     Args:
         pipe: an SD 1.x/2.x or SDXL pipeline.
         edit: ``"replace"``, ``"refine"``, ``"reweight"``, or a configured ``P2P``.
         seed: makes the run reproducible (both images start from the same noise whatever the seed).
+        settings: ``"paper"``: the options and the call's steps and guidance not given at the paper's (0.8/0.4
+            injection, 50 steps, CFG 7.5).
         **kwargs: Prompt-to-Prompt options (``cross_replace``, ``blend_words``...) and pipeline arguments
             (``num_inference_steps``, ``guidance_scale``, ``height``...).
 
@@ -579,7 +599,8 @@ def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, edit: str | P
 
     from ..runtime import Result, attach, check_call
 
-    method = _p2p_method(edit, {k: kwargs.pop(k) for k in list(kwargs) if k in _P2P_FIELDS})
+    method = _p2p_method(edit, {k: kwargs.pop(k) for k in list(kwargs) if k in _P2P_FIELDS}, settings)
+    _paper_call(settings, kwargs)
     for name in ("prompt", "num_images_per_prompt", "latents"):
         if name in kwargs and not (name == "num_images_per_prompt" and kwargs[name] == 1):
             raise AttnKitError(f"prompt_to_prompt sets {name} itself; remove it from the arguments")

@@ -45,6 +45,7 @@ class Field:
         advanced: shown folded in the panel.
         panel: shown in the panel at all (``masks`` is not).
         limit: most items in a list/dict value (words, windows, masks...).
+        host_model: offered by ComfyUI's nodes (see the attribute).
     """
 
     method: str
@@ -62,6 +63,9 @@ class Field:
     advanced: bool = False
     panel: bool = True
     limit: int = 32
+    #: offered where a host runs the model itself (ComfyUI's nodes); ``False`` for options only the diffusers runtime
+    #: honours, so no node shows a setting that could only be refused
+    host_model: bool = True
 
     @property
     def key(self) -> str:

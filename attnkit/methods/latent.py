@@ -112,7 +112,7 @@ def input_row(method_id: str):
 
     return Field(method_id, "scale_input", "Scale the model input", "bool", True,
                  "the gradient pass sees the latent as the step itself does (on Euler-type samplers); off: the raw "
-                 "latent, as the reference pipeline", advanced=True)
+                 "latent, as the reference pipeline", advanced=True, host_model=False)
 
 
 def target_rows(method_id: str, label: str, help: str, noun: str) -> tuple:

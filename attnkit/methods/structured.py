@@ -267,10 +267,10 @@ class StructuredGuidance(Method):
               "which text gives the first key: the official code's (every phrase substituted) or the paper's (the "
               "prompt itself)",
               choices=("official", "prompt"), choice_labels=("as the official code", "as the paper"), advanced=True),
-        Field("structured", "lowercase", "Parse lowercased", "bool", True,
-              "the parser reads the prompt in lower case, as the official code (matters for stanza and spacy)",
-              advanced=True),
         Field("structured", "steps", "Active steps", "window", (0.0, 1.0),
               "the part of the run in which it acts, as from-to fractions: 0-1 the whole run, 0-0.5 the first half",
+              advanced=True),
+        Field("structured", "lowercase", "Parse lowercased", "bool", True,
+              "the parser reads the prompt in lower case, as the official code (matters for stanza and spacy)",
               advanced=True),
     )

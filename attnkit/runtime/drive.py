@@ -16,7 +16,7 @@ from ..models import denoiser_of
 from .calls import Captured
 from .claims import claim, release
 from .contract import Report
-from .run import Run
+from .run import Run, check_methods
 
 
 @contextlib.contextmanager
@@ -99,6 +99,7 @@ def generate(
     on_step: Callable[[StepInfo], None] | None = None,
     on_work: Callable[[StepInfo, str, int, int], None] | None = None,
     stop=None,
+    settings: str | None = None,
     **pipe_kwargs,
 ) -> Result:
     """Generate with attnkit methods active.
@@ -114,6 +115,9 @@ def generate(
             (Attend-and-Excite's refinement tries, A-STAR's iterations): sub-progress for long steps.
         stop: a ``threading.Event`` (or a callable returning ``True``): when set, the call raises
             :class:`~attnkit.errors.Interrupted` at the next step end or inner pass; the pipeline is left as it was.
+        settings: ``"paper"``: each method at its paper's settings (:attr:`~attnkit.methods.Method.paper`; options
+            set on the method object win) and the call's steps, guidance and sampler at the paper's where
+            ``pipe_kwargs`` gives none.
         **pipe_kwargs: passed to the pipeline (``num_inference_steps``, ``guidance_scale``, ``height``...). A
             ``callback_on_step_end`` of yours is called after attnkit's.
 
@@ -122,6 +126,9 @@ def generate(
     """
     if "prompt" in pipe_kwargs:
         raise AttnKitError("pass the prompt once, as generate(pipe, prompt, ...)")
+    sampler = None
+    if settings is not None:
+        methods, sampler = at_paper_settings(methods, settings, pipe_kwargs)
     check_call(pipe_kwargs)
     if seed is not None and "generator" not in pipe_kwargs:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
@@ -129,8 +136,11 @@ def generate(
         pipe_kwargs["generator"] = torch.Generator("cpu").manual_seed(seed)
     user_callback = pipe_kwargs.pop("callback_on_step_end", None)
     user_inputs = pipe_kwargs.pop("callback_on_step_end_tensor_inputs", None)
-    with attach(pipe, methods, prompt=prompt, max_sequence_length=pipe_kwargs.get("max_sequence_length"),
-                on_step=on_step, prompt_2=pipe_kwargs.get("prompt_2"), on_work=on_work, stop=stop) as run:
+    from ..samplers import using_sampler
+
+    with using_sampler(pipe, sampler), \
+            attach(pipe, methods, prompt=prompt, max_sequence_length=pipe_kwargs.get("max_sequence_length"),
+                   on_step=on_step, prompt_2=pipe_kwargs.get("prompt_2"), on_work=on_work, stop=stop) as run:
         wiring = run.call_kwargs(user_callback)
         if user_inputs:
             wiring["callback_on_step_end_tensor_inputs"] = sorted(
@@ -201,3 +211,33 @@ def first_step_latents(run: Run, prompt: str, pipe_kwargs: dict) -> torch.Tensor
     t0 = scheduler.timesteps[0]
     latents = run.update_latents(latents, StepInfo(0, len(scheduler.timesteps), float(t0)), t0)
     return latents / sigma
+
+
+def at_paper_settings(methods, settings: str, pipe_kwargs: dict) -> tuple[list, str | None]:
+    """``methods`` at their papers' settings (an option set on a method to other than its default wins over the
+    paper's) and the call's steps and guidance at the papers' where ``pipe_kwargs`` gives none; returns
+    ``(methods, the paper's sampler or None)``."""
+    import dataclasses
+
+    if settings != "paper":
+        raise AttnKitError(f"settings={settings!r}; the only named settings are 'paper'")
+    out, run = [], {}
+    for m in check_methods(methods):
+        if not m.paper:
+            out.append(m)
+            continue
+        given = {}
+        for f in dataclasses.fields(m.config):
+            value = getattr(m.config, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            if value != default:
+                given[f.name] = value
+        out.append(type(m)(settings="paper", **given))
+        for key, value in m.paper_run.items():
+            run.setdefault(key, value)
+    if "steps" in run:
+        pipe_kwargs.setdefault("num_inference_steps", run["steps"])
+    if "guidance_scale" in run:
+        pipe_kwargs.setdefault("guidance_scale", run["guidance_scale"])
+    return out, run.get("sampler")

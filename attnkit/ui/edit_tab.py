@@ -45,6 +45,23 @@ def edit_knobs(edit_type, reweight, blend_words, blend_threshold, cross_replace,
     return knobs
 
 
+#: what the Paper settings button says it does
+PAPER_TIP = ("DPL's DPL.sh and Prompt-to-Prompt's notebooks: injection 0-0.8 / 0-0.4, blend threshold 0.3, 21 token "
+             "updates, DPL's null text (51 fixed updates from \"\"), k-means seed 1, 50 DDIM steps, CFG 7.5")
+
+
+def paper_values() -> list:
+    """The tab's widgets at the papers' settings (:attr:`attnkit.methods.P2P.paper`, :attr:`attnkit.methods.DPL.paper`,
+    their runs), in the order of the Paper settings button's outputs."""
+    from ..methods import DPL, P2P
+
+    def window(w):
+        return f"{w[0]:g}-{w[1]:g}"
+
+    return [window(P2P.paper["cross_replace"]), window(P2P.paper["self_replace"]), P2P.paper["blend_threshold"],
+            DPL.paper["token_iterations"], 10, True, 1, DPL.paper_run["steps"], DPL.paper_run["guidance_scale"]]
+
+
 def phase_weights(knobs: dict[str, Any], dynamic: bool) -> dict[str, float]:
     """The cost of one step of each phase, in denoiser passes (a gradient pass counts three): inversion one pass,
     optimisation one plus three per null-text (and DPL token) update, the edit one pass of a batch of four."""
@@ -144,6 +161,7 @@ def build_edit_tab(gr, state):
             with gr.Row():
                 run_button = gr.Button("Edit", variant="primary", elem_id="ak-edit-run")
                 stop_button = gr.Button("Stop", elem_id="ak-edit-stop")
+                paper_button = gr.Button("Paper settings", elem_id="ak-edit-paper")
             views = gr.Gallery(label="Input / reconstruction / edit", columns=3, elem_id="ak-edit-views")
             maps = gr.Gallery(label="Word maps and masks", columns=3, object_fit="contain", elem_id="ak-edit-maps")
             png_file = gr.File(label="Edited PNG with its settings", elem_id="ak-edit-png")
@@ -217,6 +235,9 @@ def build_edit_tab(gr, state):
             state.end(session)
 
     takes_request(gr, run_edit)
+    paper_button.click(lambda: [*paper_values(), f"Paper settings: {PAPER_TIP}."], None,
+                       [cross_replace, self_replace, blend_threshold, token_iterations, null_iterations, dpl_null_text,
+                        seed, steps, cfg, status])
     return {
         "photo": photo, "source": source, "target": target, "picker": picker, "picked": picked,
         "inputs": [photo, source, target, picked, edit_type, reweight, blend_words, blend_threshold, cross_replace,

@@ -23,12 +23,8 @@ from ..presets import Preset, PresetError, check_settings, delete_preset, prompt
 
 logger = logging.getLogger("attnkit")
 
-METHOD_TITLES = {
-    "observe": "Attention maps (observe)",
-    "structured": "Structured Diffusion Guidance",
-    "attend_excite": "Attend-and-Excite",
-    "a_star": "A-STAR",
-}
+#: the methods' titles, as each class declares it
+METHOD_TITLES = {method_id: cls.title for method_id, cls in REGISTRY.items()}
 
 
 @dataclass

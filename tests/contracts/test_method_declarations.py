@@ -13,6 +13,7 @@ ALL = [*REGISTRY.values(), P2P, DPL, PKA]
 def test_every_method_declares_what_it_needs(method):
     assert method.attention and method.attention <= HOOKS, method.attention
     assert set(method.families) <= {"sd", "sdxl", "flux"} and method.families
+    assert method.title, "a method names itself for people (menus, nodes, presets)"
     if getattr(method.controller_class, "updates_latents", False):
         assert method.needs_gradient, "a method that optimises the latent declares its gradient passes"
     if method.needs_words:

@@ -326,6 +326,7 @@ class PKA(Method):
     """
 
     id = "pka"
+    title = "PKA (position-aligned, keyword-scoped attention)"
     config_class = PKAConfig
     controller_class = PKAController
     families = ("flux",)
