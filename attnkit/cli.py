@@ -113,6 +113,17 @@ def _parser() -> argparse.ArgumentParser:
 
     tok = sub.add_parser("tokens", help="show the prompt's words and the token positions they take")
     model_args(tok)
+
+    lab = sub.add_parser("lab", help="train the shapes model of attnkit's lab (CPU hours; resumable)")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+    tr = lab_sub.add_parser("train", help="train or go on training: the autoencoder, then the UNet and text encoder")
+    tr.add_argument("--out", default="~/.cache/attnkit-lab/shapes",
+                    help="the run folder (checkpoint.pt, log.jsonl); an existing run resumes where it stopped")
+    tr.add_argument("--steps", type=int, default=None, help="stop after this many steps (this call; resumable)")
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    tr.add_argument("--vae-steps", type=int, default=None, help="autoencoder steps of a new run (3000)")
+    tr.add_argument("--unet-steps", type=int, default=None, help="UNet steps of a new run (40000)")
+    tr.add_argument("--batch", type=int, default=None, help="pictures per step of a new run (32)")
     return parser
 
 
@@ -411,6 +422,47 @@ def _quiet_image_processor_fallback(record: logging.LogRecord) -> bool:
     return "falling back to" not in record.getMessage()
 
 
+def _lab(args) -> int:
+    import dataclasses
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from .lab.train import TrainConfig, Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    given = {"vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "batch": args.batch}
+    given = {k: v for k, v in given.items() if v is not None}
+    for name, value in given.items():
+        if value < 1:
+            raise AttnKitError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    folder = Path(args.out).expanduser()
+    resuming = (folder / "checkpoint.pt").is_file()
+    if resuming and given:
+        raise AttnKitError(f"{folder} holds a run already: resume it without --vae-steps/--unet-steps/--batch, or "
+                           "give another --out")
+    trainer = Trainer(folder, dataclasses.replace(TrainConfig(), **given))
+    print(f"{'resuming' if resuming else 'starting'} {folder}: stage {trainer.stage}, step {trainer.step}")
+    bars: dict[str, tqdm] = {}
+
+    def on_log(record):
+        stage = record["stage"]
+        if stage not in bars:
+            bars[stage] = tqdm(total=record["total"], initial=record["step"] - 1, desc=f"lab {stage}", unit="step")
+        bar = bars[stage]
+        bar.update(record["step"] - bar.n)
+        bar.set_postfix_str(" ".join(f"{k} {record[k]:.4g}" for k in ("loss", "psnr") if k in record))
+
+    try:
+        trainer.run(on_log=on_log, max_steps=args.steps)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(f"saved {folder / 'checkpoint.pt'}: stage {trainer.stage}, step {trainer.step}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``attnkit`` console script; returns the exit status."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -418,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        commands = {"generate": _generate, "edit": _edit, "tokens": _tokens}
+        commands = {"generate": _generate, "edit": _edit, "tokens": _tokens, "lab": _lab}
         return commands[args.command](args)
     except AttnKitError as exc:
         if args.debug:

@@ -1,0 +1,230 @@
+"""Training the shapes model: the autoencoder first, then the UNet with the text encoder, checkpointed and resumable.
+
+Every batch is drawn from a generator seeded by ``(seed, stage, step)``, so a run that stops and resumes sees the
+same data as one that never stopped. A checkpoint (``checkpoint.pt`` in the run folder, written whole or not at all)
+holds the models, the optimiser, the moving averages and the step; ``train`` picks it up by itself.
+
+Stage 1 (``vae``): MSE reconstruction with a small KL term. Then the latents' scale is measured (the inverse of their
+standard deviation, as Stable Diffusion's ``scaling_factor``). Stage 2 (``unet``): epsilon prediction under DDPM's
+schedule (Stable Diffusion's scaled-linear betas), min-SNR-5 weighting, 10 % empty captions (for classifier-free
+guidance), AdamW, an exponential moving average of the weights (what is exported).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import AttnKitError, check_stop
+from .model import CONFIG, build
+from .world import random_scene, render
+
+STAGES = ("vae", "unet", "done")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run (kept in its checkpoint; a resumed run keeps the first run's)."""
+
+    vae_steps: int = 3000
+    unet_steps: int = 40000
+    batch: int = 32
+    vae_lr: float = 1e-3
+    unet_lr: float = 3e-4
+    kl_weight: float = 1e-6
+    ema: float = 0.999
+    min_snr: float = 5.0
+    empty_caption: float = 0.1
+    save_every: int = 250
+    seed: int = 0
+
+
+def batch(config: TrainConfig, stage: str, step: int) -> tuple[torch.Tensor, list[str]]:
+    """``(B, 3, 64, 64)`` pictures in [-1, 1] and their captions, the same for the same ``(seed, stage, step)``."""
+    rng = np.random.default_rng([config.seed, STAGES.index(stage), step])
+    scenes = [random_scene(rng) for _ in range(config.batch)]
+    pictures = np.stack([render(s) for s in scenes]).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(pictures).permute(0, 3, 1, 2), [s.caption for s in scenes]
+
+
+class Trainer:
+    """One training run in ``folder``: fresh, or resumed from its checkpoint."""
+
+    def __init__(self, folder: str | os.PathLike, config: TrainConfig | None = None):
+        self.folder = Path(folder).expanduser()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.pipe = build()
+        self.stage, self.step = "vae", 0
+        path = self.folder / "checkpoint.pt"
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            self.config = TrainConfig(**saved["config"])
+            self._restore(saved)
+        else:
+            self.config = config or TrainConfig()
+            self._start_stage("vae")
+
+    # --------------------------------------------------------------------------------------------- state
+    def _start_stage(self, stage: str) -> None:
+        self.stage, self.step = stage, 0
+        pipe = self.pipe
+        if stage == "vae":
+            self.optimiser = torch.optim.Adam(pipe.vae.parameters(), lr=self.config.vae_lr)
+            self.ema = None
+        elif stage == "unet":
+            embedding = pipe.text_encoder.get_input_embeddings().weight
+            others = [p for p in pipe.text_encoder.parameters() if p is not embedding]
+            self.optimiser = torch.optim.AdamW([
+                {"params": list(pipe.unet.parameters()) + others},
+                {"params": [embedding], "weight_decay": 0.0},  # rows no caption uses stay as built
+            ], lr=self.config.unet_lr)
+            self.ema = {"unet": copy.deepcopy(pipe.unet.state_dict()),
+                        "text_encoder": copy.deepcopy(pipe.text_encoder.state_dict())}
+        else:
+            self.optimiser, self.ema = None, self.ema
+
+    def _restore(self, saved: dict) -> None:
+        pipe = self.pipe
+        pipe.vae.load_state_dict(saved["vae"])
+        pipe.unet.load_state_dict(saved["unet"])
+        pipe.text_encoder.load_state_dict(saved["text_encoder"])
+        if saved.get("scaling_factor") is not None:
+            pipe.vae.register_to_config(scaling_factor=saved["scaling_factor"])
+        stage, step = saved["stage"], saved["step"]
+        self._start_stage(stage)
+        self.step = step
+        if saved.get("optimiser") is not None and self.optimiser is not None:
+            self.optimiser.load_state_dict(saved["optimiser"])
+        if saved.get("ema") is not None:
+            self.ema = saved["ema"]
+
+    def save(self) -> Path:
+        pipe = self.pipe
+        data = {"config": asdict(self.config), "stage": self.stage, "step": self.step,
+                "vae": pipe.vae.state_dict(), "unet": pipe.unet.state_dict(),
+                "text_encoder": pipe.text_encoder.state_dict(), "scaling_factor": pipe.vae.config.scaling_factor,
+                "optimiser": self.optimiser.state_dict() if self.optimiser is not None else None, "ema": self.ema}
+        path = self.folder / "checkpoint.pt"
+        temporary = path.with_suffix(".tmp")
+        torch.save(data, temporary)
+        os.replace(temporary, path)
+        return path
+
+    # -------------------------------------------------------------------------------------------- steps
+    def vae_step(self) -> dict:
+        pictures, _ = batch(self.config, "vae", self.step)
+        vae = self.pipe.vae.train()
+        posterior = vae.encode(pictures).latent_dist
+        sample = posterior.sample(generator=torch.Generator().manual_seed(self.config.seed * 100003 + self.step))
+        reconstruction = vae.decode(sample).sample
+        mse = F.mse_loss(reconstruction, pictures)
+        loss = mse + self.config.kl_weight * posterior.kl().mean()
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+        psnr = 10 * math.log10(4.0 / max(float(mse.detach()), 1e-12))  # pictures span [-1, 1]: peak-to-peak 2
+        return {"loss": float(loss.detach()), "psnr": psnr}
+
+    @torch.no_grad()
+    def measure_scale(self) -> float:
+        """``1 / std`` of the latents of 8 batches: Stable Diffusion's ``scaling_factor`` for this autoencoder."""
+        vae = self.pipe.vae.eval()
+        latents = [vae.encode(batch(self.config, "vae", 10**6 + i)[0]).latent_dist.mean for i in range(8)]
+        return float(1.0 / torch.cat(latents).std())
+
+    def unet_step(self) -> dict:
+        pipe, config = self.pipe, self.config
+        pictures, captions = batch(config, "unet", self.step)
+        rng = np.random.default_rng([config.seed, 7, self.step])
+        captions = ["" if rng.random() < config.empty_caption else c for c in captions]
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        with torch.no_grad():
+            latents = pipe.vae.eval().encode(pictures).latent_dist.sample(generator=generator)
+            latents = latents * pipe.vae.config.scaling_factor
+        tokens = pipe.tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        text = pipe.text_encoder.train()(tokens.input_ids)[0]
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, CONFIG["schedule"]["num_train_timesteps"], (latents.shape[0],),
+                                  generator=generator)
+        noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+        predicted = pipe.unet.train()(noisy, timesteps, encoder_hidden_states=text).sample
+        alphas = pipe.scheduler.alphas_cumprod[timesteps]
+        snr = alphas / (1 - alphas)
+        weight = torch.clamp(snr, max=config.min_snr) / snr  # min-SNR-gamma for epsilon prediction
+        per_image = F.mse_loss(predicted, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (weight * per_image).mean()
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimiser.param_groups for p in g["params"]], 1.0)
+        self.optimiser.step()
+        self._update_ema()
+        return {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))
+        for name in ("unet", "text_encoder"):
+            live = getattr(self.pipe, name).state_dict()
+            for key, value in self.ema[name].items():
+                if value.is_floating_point():
+                    value.mul_(decay).add_(live[key], alpha=1 - decay)
+
+    def run(self, on_log: Callable[[dict], None] | None = None, stop=None, max_steps: int | None = None) -> None:
+        """Train until done (or ``max_steps`` more steps, or ``stop``), saving every ``save_every`` steps."""
+        log = (self.folder / "log.jsonl").open("a", encoding="utf-8")
+        done = 0
+        try:
+            while self.stage != "done" and (max_steps is None or done < max_steps):
+                check_stop(stop)
+                t0 = time.perf_counter()
+                total = self.config.vae_steps if self.stage == "vae" else self.config.unet_steps
+                if self.step >= total:
+                    if self.stage == "vae":
+                        self.pipe.vae.register_to_config(scaling_factor=self.measure_scale())
+                    self._start_stage(STAGES[STAGES.index(self.stage) + 1])
+                    self.save()
+                    continue
+                record = self.vae_step() if self.stage == "vae" else self.unet_step()
+                self.step += 1
+                done += 1
+                record.update(stage=self.stage, step=self.step, total=total, s=time.perf_counter() - t0)
+                log.write(json.dumps(record) + "\n")
+                if on_log is not None:
+                    on_log(record)
+                if self.step % self.config.save_every == 0:
+                    self.save()
+            self.save()
+        finally:
+            log.close()
+
+    def pipeline(self, ema: bool = True):
+        """The trained pipeline (the moving averages of the UNet and the text encoder when there are some)."""
+        pipe = copy.deepcopy(self.pipe)
+        if ema and self.ema is not None:
+            pipe.unet.load_state_dict(self.ema["unet"])
+            pipe.text_encoder.load_state_dict(self.ema["text_encoder"])
+        for part in (pipe.vae, pipe.unet, pipe.text_encoder):
+            part.eval()
+        return pipe
+
+
+def train(folder, config: TrainConfig | None = None, max_steps: int | None = None, on_log=None, stop=None) -> Trainer:
+    """Train (or go on training) the shapes model in ``folder``; returns the trainer."""
+    if config is not None and (Path(folder).expanduser() / "checkpoint.pt").is_file():
+        saved = torch.load(Path(folder).expanduser() / "checkpoint.pt", map_location="cpu", weights_only=False)
+        if saved["config"] != asdict(config):
+            raise AttnKitError(f"{folder} holds a run with other settings; resume it without settings or pick "
+                               "another folder")
+    trainer = Trainer(folder, config)
+    trainer.run(on_log=on_log, stop=stop, max_steps=max_steps)
+    return trainer

@@ -1,0 +1,69 @@
+"""The lab's shapes world, its detector, its model and a training run that resumes where it stopped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attnkit.lab.detector import detect, shows
+from attnkit.lab.world import HELD_OUT, OBJECTS, WORDS, held_out, random_scene, render
+
+
+def test_the_detector_reads_every_rendered_scene():
+    rng = np.random.default_rng(5)
+    scenes = [random_scene(rng) for _ in range(200)]
+    assert all(shows(render(s), [t.name for t in s.things]) for s in scenes)
+    assert {len(s.things) for s in scenes} == {1, 2}
+    # a picture of something else is not read as the caption
+    first = scenes[0]
+    other = next(s for s in scenes if {t.name for t in s.things} != {t.name for t in first.things})
+    assert not shows(render(other), [t.name for t in first.things])
+    grey = np.full((64, 64, 3), 128, dtype=np.uint8)
+    assert detect(grey) == []
+
+
+def test_held_out_pairs_never_reach_training():
+    rng = np.random.default_rng(0)
+    pairs = [s.pair for s in (random_scene(rng, 2) for _ in range(300))]
+    assert not any(held_out(tuple(p)) for p in pairs)
+    assert len(HELD_OUT) == 8 and len(OBJECTS) == 12
+    test = random_scene(rng, names=tuple(next(iter(HELD_OUT))), training=False)
+    assert held_out(tuple(t.name for t in test.things))
+
+
+def test_every_caption_word_is_one_clip_token():
+    from attnkit.models import clip_tokenizer
+
+    tok = clip_tokenizer()
+    for word in WORDS:
+        assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
+def test_the_model_reads_maps_where_the_methods_do():
+    from attnkit.core.layers import discover_layers, grid_for
+    from attnkit.lab.model import build
+
+    pipe = build()
+    grids = {grid_for(layer, (16, 16)) for layer in discover_layers(pipe.unet) if layer.kind == "cross"}
+    assert grids == {(16, 16), (8, 8)}
+
+
+def test_training_resumes_exactly_where_it_stopped(tmp_path):
+    from attnkit.lab.train import TrainConfig, Trainer
+
+    config = TrainConfig(vae_steps=2, unet_steps=2, batch=4, save_every=1)
+    straight = Trainer(tmp_path / "a", config)
+    straight.run(max_steps=5)  # 2 autoencoder steps, the stage change, 2 UNet steps
+    first = Trainer(tmp_path / "b", config)
+    first.run(max_steps=3)
+    resumed = Trainer(tmp_path / "b")  # a new process would do the same: it reads the checkpoint
+    assert (resumed.stage, resumed.step) == ("unet", 1)
+    resumed.run(max_steps=5)
+    assert straight.stage == resumed.stage == "done"
+    for name in ("vae", "unet", "text_encoder"):
+        a, b = getattr(straight.pipe, name).state_dict(), getattr(resumed.pipe, name).state_dict()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}.{key}")
+    losses = [line for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 4
