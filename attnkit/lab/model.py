@@ -24,7 +24,7 @@ CONFIG = {
     "text": {"vocab_size": 49408, "hidden_size": 128, "intermediate_size": 512, "num_attention_heads": 4,
              "num_hidden_layers": 3, "max_position_embeddings": 77, "bos_token_id": 49406, "eos_token_id": 49407,
              "pad_token_id": 49407},
-    "unet": {"sample_size": SIZE // 4, "in_channels": 4, "out_channels": 4, "block_out_channels": [64, 128],
+    "unet": {"sample_size": SIZE // 4, "in_channels": 4, "out_channels": 4, "block_out_channels": [48, 96],
              "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
              "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], "layers_per_block": 1,
              "cross_attention_dim": 128, "attention_head_dim": 8, "norm_num_groups": 16},
