@@ -70,3 +70,75 @@ def world_token_ids(tokenizer) -> list[int]:
 
 def parameter_count(pipe) -> dict[str, int]:
     return {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("vae", "text_encoder", "unet")}
+
+
+#: the format of a saved shapes model (``save``/``load``)
+FORMAT = "attnkit-shapes-1"
+
+
+def save(pipe, path) -> int:
+    """Write ``pipe``'s weights as one fp16 safetensors file: the autoencoder, the UNet, the text encoder without its
+    token-embedding table, and the table's rows the world uses (the rest is rebuilt from :data:`EMBEDDING_SEED`).
+    Written whole or not at all; returns the file's size in bytes."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    ids = world_token_ids(pipe.tokenizer)
+    table_key = "text_encoder." + _table_key(pipe.text_encoder)
+    tensors = {}
+    for name in ("vae", "unet", "text_encoder"):
+        for key, value in getattr(pipe, name).state_dict().items():
+            full = f"{name}.{key}"
+            if full == table_key:
+                tensors["token_rows"] = value[ids].detach().to(torch.float16).contiguous()
+            elif value.is_floating_point():
+                tensors[full] = value.detach().to(torch.float16).contiguous()
+            else:
+                tensors[full] = value.detach().contiguous()
+    metadata = {"format": FORMAT, "token_ids": json.dumps(ids), "config": json.dumps(CONFIG),
+                "scaling_factor": repr(float(pipe.vae.config.scaling_factor))}
+    temporary = f"{path}.tmp"
+    save_file(tensors, temporary, metadata=metadata)
+    os.replace(temporary, path)
+    return os.path.getsize(path)
+
+
+def load(path, dtype=torch.float32):
+    """A shapes pipeline from a file :func:`save` wrote (CPU, ``dtype``)."""
+    import json
+
+    from safetensors import safe_open
+
+    from ..errors import AttnKitError
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        if metadata.get("format") != FORMAT:
+            raise AttnKitError(f"{path} is not a shapes model of this attnkit (format {metadata.get('format')!r}, "
+                               f"expected {FORMAT!r})")
+        if json.loads(metadata["config"]) != json.loads(json.dumps(CONFIG)):
+            raise AttnKitError(f"{path} was saved for another shapes model layout; retrain or use its attnkit")
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    pipe = build()
+    ids = json.loads(metadata["token_ids"])
+    table_key = "text_encoder." + _table_key(pipe.text_encoder)
+    for name in ("vae", "unet", "text_encoder"):
+        module = getattr(pipe, name)
+        state = module.state_dict()
+        for key in state:
+            full = f"{name}.{key}"
+            if full == table_key:
+                state[key][ids] = tensors["token_rows"].to(state[key].dtype)
+            else:
+                state[key] = tensors[full].to(state[key].dtype)
+        module.load_state_dict(state)
+    pipe.vae.register_to_config(scaling_factor=float(metadata["scaling_factor"]))
+    return pipe.to(dtype=dtype)
+
+
+def _table_key(text_encoder) -> str:
+    """The state-dict key of the token-embedding table (its prefix differs between transformers versions)."""
+    table = text_encoder.get_input_embeddings().weight
+    return next(k for k, v in text_encoder.state_dict(keep_vars=True).items() if v is table)

@@ -67,3 +67,34 @@ def test_training_resumes_exactly_where_it_stopped(tmp_path):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}.{key}")
     losses = [line for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 4
+
+
+def test_a_saved_model_is_small_and_loads_back_as_saved(tmp_path):
+    from attnkit.lab.model import build, load, save, world_token_ids
+
+    pipe = build(seed=3)
+    with torch.no_grad():  # stand-in training: move every weight, including the world's embedding rows
+        for part in (pipe.vae, pipe.unet, pipe.text_encoder):
+            for p in part.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel() % 997)) * 0.01)
+    pipe.vae.register_to_config(scaling_factor=0.7)
+    size = save(pipe, tmp_path / "shapes.safetensors")
+    assert size < 12 * 2**20, size
+    again = load(tmp_path / "shapes.safetensors")
+    assert again.vae.config.scaling_factor == 0.7
+    for name in ("vae", "unet", "text_encoder"):
+        a, b = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
+        for key in a:
+            if key.endswith("token_embedding.weight"):  # only the world's rows are kept
+                ids = world_token_ids(pipe.tokenizer)
+                torch.testing.assert_close(b[key][ids], a[key][ids].half().float(), rtol=0, atol=0)
+                continue
+            torch.testing.assert_close(b[key], a[key].half().float(), rtol=0, atol=0)
+    tokens = pipe.tokenizer("a red circle and a blue square", padding="max_length", max_length=77,
+                            return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(again.text_encoder(tokens)[0], pipe.text_encoder.half().float()(tokens)[0],
+                                   rtol=1e-3, atol=1e-3)
+    (tmp_path / "other.safetensors").write_bytes(b"not a model")
+    with pytest.raises(Exception):
+        load(tmp_path / "other.safetensors")
