@@ -135,7 +135,7 @@ def load(path, dtype=torch.float32):
                 state[key] = tensors[full].to(state[key].dtype)
         module.load_state_dict(state)
     pipe.vae.register_to_config(scaling_factor=float(metadata["scaling_factor"]))
-    return pipe.to(dtype=dtype)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
 def _table_key(text_encoder) -> str:

@@ -98,3 +98,51 @@ def test_a_saved_model_is_small_and_loads_back_as_saved(tmp_path):
     (tmp_path / "other.safetensors").write_bytes(b"not a model")
     with pytest.raises(Exception):
         load(tmp_path / "other.safetensors")
+
+
+def test_judging_names_neglect_and_binding():
+    from attnkit.lab.evaluate import Case, Outcome
+
+    case = Case("a red circle and a blue square", ("red circle", "blue square"), 0)
+    assert Outcome(case, ["blue square", "red circle"]).correct
+    neglected = Outcome(case, ["red circle"])
+    assert neglected.neglect and not neglected.binding_error and not neglected.correct
+    swapped = Outcome(case, ["blue circle", "red square"])
+    assert swapped.binding_error and not swapped.neglect
+
+
+def test_paired_statistics_against_their_formulas():
+    from math import comb
+
+    from attnkit.lab.evaluate import bootstrap_difference, cases, mcnemar
+
+    before = [False] * 30 + [True] * 10
+    after = [True] * 12 + [False] * 18 + [True] * 8 + [False] * 2  # 12 fixed, 2 broken
+    # exact binomial: 2 * P(X <= 2), X ~ Bin(14, 1/2)
+    assert abs(mcnemar(before, after) - 2 * sum(comb(14, i) for i in range(3)) / 2**14) < 1e-12
+    diff, low, high = bootstrap_difference(before, after)
+    assert diff == pytest.approx(10 / 40) and low < diff < high and low > 0
+    mixed = cases(64, 2)
+    assert sum(c.held_out for c in mixed) == 8 and all(len(c.names) == 2 for c in mixed)
+    assert all(c.held_out for c in cases(10, 2, held=True))
+
+
+def test_the_effects_benchmark_runs_and_prints_its_table(tmp_path, capsys):
+    """The wiring of benchmarks/effects.py on an untrained model (its numbers mean nothing until it is trained)."""
+    import importlib.util
+    from pathlib import Path
+
+    from attnkit.lab.model import build, save
+
+    save(build(), tmp_path / "untrained.safetensors")
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "effects.py"
+    spec = importlib.util.spec_from_file_location("effects", path)
+    effects = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(effects)
+    grid = tmp_path / "effects.png"
+    assert effects.main(["--model", str(tmp_path / "untrained.safetensors"), "--pairs", "2", "--steps", "2",
+                         "--grid", str(grid)]) == 0
+    out = capsys.readouterr().out
+    for row in ("attend_excite", "a_star", "structured", "McNemar p"):
+        assert row in out
+    assert grid.is_file()
