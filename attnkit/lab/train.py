@@ -107,6 +107,27 @@ class Trainer:
             self.optimiser.load_state_dict(saved["optimiser"])
         if saved.get("ema") is not None:
             self.ema = saved["ema"]
+        self._trim_log()
+
+    def _trim_log(self) -> None:
+        """Drop the log lines of steps after the checkpoint (a run that stopped between saves logged them; the resumed
+        run logs them again)."""
+        path = self.folder / "log.jsonl"
+        if not path.is_file():
+            return
+        here = STAGES.index(self.stage)
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                stage = STAGES.index(row["stage"])
+            except (ValueError, KeyError):
+                continue
+            if stage < here or (stage == here and row["step"] <= self.step):
+                kept.append(line)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(temporary, path)
 
     def save(self) -> Path:
         pipe = self.pipe
