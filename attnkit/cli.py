@@ -124,6 +124,17 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--vae-steps", type=int, default=None, help="autoencoder steps of a new run (3000)")
     tr.add_argument("--unet-steps", type=int, default=None, help="UNet steps of a new run (40000)")
     tr.add_argument("--batch", type=int, default=None, help="pictures per step of a new run (32)")
+    for name, text in (("eval", "the shapes model's own scores (one and two objects, held-out pairs, localisation)"),
+                       ("effects", "each method against the plain shapes model, with 95 % intervals and p-values")):
+        ev = lab_sub.add_parser(name, help=text)
+        ev.add_argument("--model", help="a shapes model file (attnkit.lab.model.save)")
+        ev.add_argument("--run", default="~/.cache/attnkit-lab/shapes", help="a training run's current weights")
+        ev.add_argument("--pairs", type=int, default=200 if name == "effects" else 100,
+                        help="prompt-seed pairs per measure")
+        ev.add_argument("--steps", type=int, default=20)
+        ev.add_argument("--cfg", type=float, default=7.5)
+        if name == "effects":
+            ev.add_argument("--grid", default="effects.png", help="where to save the example grid")
     return parser
 
 
@@ -423,6 +434,20 @@ def _quiet_image_processor_fallback(record: logging.LogRecord) -> bool:
 
 
 def _lab(args) -> int:
+    if args.lab_command != "train":
+        from .lab.effects import effects, load, print_scores, scores
+
+        if args.pairs < 1 or args.steps < 1:
+            raise AttnKitError("--pairs and --steps must be at least 1")
+        run = str(Path(args.run).expanduser())
+        if not args.model and not (Path(run) / "checkpoint.pt").is_file():
+            raise AttnKitError(f"no training run in {run}: train one (attnkit lab train) or give --model")
+        pipe = load(args.model, run)
+        if args.lab_command == "eval":
+            print_scores(scores(pipe, args.pairs, args.steps, args.cfg))
+        else:
+            effects(pipe, args.pairs, args.steps, args.cfg, args.grid)
+        return 0
     import dataclasses
 
     import torch

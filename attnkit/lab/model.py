@@ -37,7 +37,12 @@ EMBEDDING_SEED = 1234
 
 def build(seed: int = 0):
     """A fresh (untrained) shapes pipeline on the CPU, float32, its weights from ``seed``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from ..models import clip_tokenizer

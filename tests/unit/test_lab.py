@@ -150,6 +150,17 @@ def test_the_effects_benchmark_runs_and_prints_its_table(tmp_path, capsys):
     assert effects.main(["--model", str(tmp_path / "untrained.safetensors"), "--pairs", "2", "--steps", "2",
                          "--grid", str(grid)]) == 0
     out = capsys.readouterr().out
-    for row in ("attend_excite", "a_star", "structured", "McNemar p"):
+    for row in ("attend_excite", "a_star", "structured", "McNemar p", "one object right", "held-out pairs"):
         assert row in out
     assert grid.is_file()
+
+
+def test_lab_eval_from_the_command_line(tmp_path, capsys):
+    from attnkit.cli import main
+    from attnkit.lab.model import build, save
+
+    save(build(), tmp_path / "m.safetensors")
+    assert main(["lab", "eval", "--model", str(tmp_path / "m.safetensors"), "--pairs", "2", "--steps", "2"]) == 0
+    assert "one object right" in capsys.readouterr().out
+    assert main(["lab", "eval", "--run", str(tmp_path / "nothing")]) == 2
+    assert "no training run in" in capsys.readouterr().err

@@ -1,7 +1,6 @@
 """LayerInfo for every layer, grids, and the default resolution rule."""
 
 import pytest
-import torch
 
 from attnkit import AttnKitError
 from attnkit.core.layers import LayerInfo, choose_grid, discover_layers, grid_for

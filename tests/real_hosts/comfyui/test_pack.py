@@ -61,7 +61,7 @@ def test_parser_choices_are_what_is_installed(comfy):
     installed = ["rules"] + [n for n in ("stanza", "spacy") if importlib.util.find_spec(n) is not None]
     assert choices == installed and options["default"] == "rules"
     for missing in {"stanza", "spacy"} - set(installed):
-        assert f"pip install" in options["tooltip"] and missing in options["tooltip"]
+        assert "pip install" in options["tooltip"] and missing in options["tooltip"]
 
 
 @pytest.mark.parametrize("kind,config,clip_name", [("sd15", "SD15", "clip_l"), ("sd2", "SD20", "clip_h")])
