@@ -4,7 +4,8 @@ Every batch is drawn from a generator seeded by ``(seed, stage, step)``, so a ru
 same data as one that never stopped. A checkpoint (``checkpoint.pt`` in the run folder, written whole or not at all)
 holds the models, the optimiser, the moving averages and the step; ``train`` picks it up by itself.
 
-Stage 1 (``vae``): MSE reconstruction with a small KL term. Then the latents' scale is measured (the inverse of their
+Both stages warm the learning rate up over 100 steps, then decay it along a cosine to a tenth, and clip gradients at
+norm 1. Stage 1 (``vae``): MSE reconstruction with a small KL term. Then the latents' scale is measured (the inverse of their
 standard deviation, as Stable Diffusion's ``scaling_factor``). Stage 2 (``unet``): epsilon prediction under DDPM's
 schedule (Stable Diffusion's scaled-linear betas), min-SNR-5 weighting, 10 % empty captions (for classifier-free
 guidance), AdamW, an exponential moving average of the weights (what is exported).
@@ -142,7 +143,18 @@ class Trainer:
         return path
 
     # -------------------------------------------------------------------------------------------- steps
+    def _set_lr(self, base: float, total: int) -> float:
+        """The learning rate of this step: a 100-step warm-up, then a cosine decay to a tenth (a function of the
+        step alone, so a resumed run follows the same schedule)."""
+        warm = min(1.0, (self.step + 1) / 100)
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(self.step / max(total, 1), 1.0)))
+        lr = base * warm * cosine
+        for group in self.optimiser.param_groups:
+            group["lr"] = lr
+        return lr
+
     def vae_step(self) -> dict:
+        lr = self._set_lr(self.config.vae_lr, self.config.vae_steps)
         pictures, _ = batch(self.config, "vae", self.step)
         vae = self.pipe.vae.train()
         posterior = vae.encode(pictures).latent_dist
@@ -152,9 +164,10 @@ class Trainer:
         loss = mse + self.config.kl_weight * posterior.kl().mean()
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimiser.step()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)  # one bad batch must not undo the run (it did at a
+        self.optimiser.step()                                   # constant 1e-3 without clipping)
         psnr = 10 * math.log10(4.0 / max(float(mse.detach()), 1e-12))  # pictures span [-1, 1]: peak-to-peak 2
-        return {"loss": float(loss.detach()), "psnr": psnr}
+        return {"loss": float(loss.detach()), "psnr": psnr, "lr": lr}
 
     @torch.no_grad()
     def measure_scale(self) -> float:
@@ -164,6 +177,7 @@ class Trainer:
         return float(1.0 / torch.cat(latents).std())
 
     def unet_step(self) -> dict:
+        lr = self._set_lr(self.config.unet_lr, self.config.unet_steps)
         pipe, config = self.pipe, self.config
         pictures, captions = batch(config, "unet", self.step)
         rng = np.random.default_rng([config.seed, 7, self.step])
@@ -189,7 +203,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_([p for g in self.optimiser.param_groups for p in g["params"]], 1.0)
         self.optimiser.step()
         self._update_ema()
-        return {"loss": float(loss.detach())}
+        return {"loss": float(loss.detach()), "lr": lr}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -220,6 +234,7 @@ class Trainer:
                 done += 1
                 record.update(stage=self.stage, step=self.step, total=total, s=time.perf_counter() - t0)
                 log.write(json.dumps(record) + "\n")
+                log.flush()  # a watcher sees each step; a killed run loses none it logged
                 if on_log is not None:
                     on_log(record)
                 if self.step % self.config.save_every == 0:
