@@ -121,19 +121,23 @@ def _parser() -> argparse.ArgumentParser:
                     help="the run folder (checkpoint.pt, log.jsonl); an existing run resumes where it stopped")
     tr.add_argument("--steps", type=int, default=None, help="stop after this many steps (this call; resumable)")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    tr.add_argument("--vae-steps", type=int, default=None, help="autoencoder steps of a new run (3000)")
-    tr.add_argument("--unet-steps", type=int, default=None, help="UNet steps of a new run (40000)")
+    tr.add_argument("--vae-steps", type=int, default=None, help="autoencoder steps of a new run (1000)")
+    tr.add_argument("--unet-steps", type=int, default=None, help="UNet steps of a new run (4500)")
     tr.add_argument("--batch", type=int, default=None, help="pictures per step of a new run (32)")
+    ex = lab_sub.add_parser("export", help="save a training run's model as one file (what attnkit ships as 'shapes')")
+    ex.add_argument("--run", default="~/.cache/attnkit-lab/shapes", help="the run folder")
+    ex.add_argument("--out", default="shapes.safetensors", help="the model file to write")
     for name, text in (("eval", "the shapes model's own scores (one and two objects, held-out pairs, localisation)"),
                        ("effects", "each method against the plain shapes model, with 95 % intervals and p-values")):
         ev = lab_sub.add_parser(name, help=text)
-        ev.add_argument("--model", help="a shapes model file (attnkit.lab.model.save)")
-        ev.add_argument("--run", default="~/.cache/attnkit-lab/shapes", help="a training run's current weights")
+        ev.add_argument("--model", help="a shapes model file (default: the built-in one)")
+        ev.add_argument("--run", help="a training run's folder: its current weights instead")
         ev.add_argument("--pairs", type=int, default=200 if name == "effects" else 100,
                         help="prompt-seed pairs per measure")
         ev.add_argument("--steps", type=int, default=20)
         ev.add_argument("--cfg", type=float, default=7.5)
         if name == "effects":
+            ev.add_argument("--edits", type=int, default=200, help="edits of real pictures measured (DPL vs P2P)")
             ev.add_argument("--grid", default="effects.png", help="where to save the example grid")
     return parser
 
@@ -434,19 +438,38 @@ def _quiet_image_processor_fallback(record: logging.LogRecord) -> bool:
 
 
 def _lab(args) -> int:
+    if args.lab_command == "export":
+        from .lab.model import save
+        from .lab.train import Trainer
+
+        run = Path(args.run).expanduser()
+        if not (run / "checkpoint.pt").is_file():
+            raise AttnKitError(f"no training run in {run}: train one (attnkit lab train) or give --run")
+        _check_outputs({}, {"--out": args.out})
+        trainer = Trainer(run)
+        if trainer.stage == "vae":
+            raise AttnKitError(f"{run} is still training its autoencoder (step {trainer.step}); export after the "
+                               "UNet has trained")
+        size = save(trainer.pipeline(), args.out)
+        print(f"saved {args.out} ({size / 2**20:.1f} MiB): stage {trainer.stage}, step {trainer.step}")
+        return 0
     if args.lab_command != "train":
         from .lab.effects import effects, load, print_scores, scores
 
-        if args.pairs < 1 or args.steps < 1:
-            raise AttnKitError("--pairs and --steps must be at least 1")
-        run = str(Path(args.run).expanduser())
-        if not args.model and not (Path(run) / "checkpoint.pt").is_file():
+        if args.pairs < 1 or args.steps < 1 or getattr(args, "edits", 1) < 0:
+            raise AttnKitError("--pairs and --steps must be at least 1, --edits at least 0")
+        if args.model and args.run:
+            raise AttnKitError("give --model or --run, not both")
+        run = str(Path(args.run).expanduser()) if args.run else None
+        if run and not (Path(run) / "checkpoint.pt").is_file():
             raise AttnKitError(f"no training run in {run}: train one (attnkit lab train) or give --model")
+        if args.model and not Path(args.model).expanduser().is_file():
+            raise AttnKitError(f"--model {args.model}: no such file")
         pipe = load(args.model, run)
         if args.lab_command == "eval":
             print_scores(scores(pipe, args.pairs, args.steps, args.cfg))
         else:
-            effects(pipe, args.pairs, args.steps, args.cfg, args.grid)
+            effects(pipe, args.pairs, args.steps, args.cfg, args.grid, edits=args.edits)
         return 0
     import dataclasses
 

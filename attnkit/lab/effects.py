@@ -6,32 +6,43 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..methods import AStar, AttendExcite, Observe, StructuredGuidance
+from .detector import detect
 from .evaluate import (
     bootstrap_difference,
+    bootstrap_median,
     cases,
     draw,
+    edit_cases,
     judge,
     localisation,
     mcnemar,
+    outside_psnr,
     rate,
 )
 
 
 def load(model: str | None = None, run: str | None = None):
-    """The shapes pipeline of a saved model file, or a training run's current weights (its moving averages)."""
+    """The shapes pipeline of a training run's current weights (its moving averages), of a saved model file, or
+    the built-in one."""
+    if run:
+        from .train import Trainer
+
+        trainer = Trainer(run)
+        print(f"{run}: stage {trainer.stage}, step {trainer.step}")
+        return trainer.pipeline()
     if model:
         from .model import load as load_model
 
         return load_model(model)
-    from .train import Trainer
+    from ..models import shapes_pipeline
 
-    trainer = Trainer(run)
-    print(f"{run}: stage {trainer.stage}, step {trainer.step}")
-    return trainer.pipeline()
+    return shapes_pipeline()
 
 
 def scores(pipe, count: int = 100, steps: int = 20, cfg: float = 7.5) -> dict:
@@ -53,21 +64,75 @@ def scores(pipe, count: int = 100, steps: int = 20, cfg: float = 7.5) -> dict:
     return out
 
 
-def effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, grid: str | None = None) -> list[tuple]:
-    """Rows ``(method, axis, plain rate, method rate, difference, low, high, McNemar p)`` on ``count`` two-object
-    pairs; prints them as a table and, with ``grid``, saves example pictures (plain above, method below)."""
+@dataclass
+class Row:
+    """One line of the effects table: ``method`` against ``baseline`` on ``axis``."""
+
+    method: str
+    axis: str
+    baseline: str
+    before: float
+    after: float
+    difference: float
+    low: float
+    high: float
+    p: float | None = None
+    unit: str = "%"
+    pairs: int = 0
+
+    def cells(self) -> list[str]:
+        if self.unit == "%":
+            value = lambda x: f"{x:.1%}"  # noqa: E731
+            signed = lambda x: f"{x:+.1%}"  # noqa: E731
+        else:
+            value = lambda x: f"{x:.2f}{self.unit}"  # noqa: E731
+            signed = lambda x: f"{x:+.2f}{self.unit}"  # noqa: E731
+        return [self.method, self.axis, self.baseline, str(self.pairs), value(self.before), value(self.after),
+                signed(self.difference), f"[{signed(self.low)}, {signed(self.high)}]",
+                "-" if self.p is None else f"{self.p:.2g}"]
+
+
+HEADER = ["method", "axis", "against", "pairs", "before", "method's", "difference", "95 % interval", "McNemar p"]
+
+
+def table(rows: list[Row], markdown: bool = False) -> str:
+    lines = [HEADER] + [r.cells() for r in rows]
+    if markdown:
+        out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines[1:]])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def _paired(method, axis, before, after, baseline="plain", unit="%") -> Row:
+    diff, low, high = bootstrap_difference(before, after)
+    p = mcnemar(before, after) if unit == "%" else None
+    return Row(method, axis, baseline, float(np.mean(before)), float(np.mean(after)), diff, low, high, p, unit,
+               len(before))
+
+
+def effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, grid: str | None = None, edits: int = 200,
+            null_iterations: int = 10) -> list[Row]:
+    """Each method against its baseline on the same prompts and seeds, on the paper's own axis: Attend-and-Excite
+    and A-STAR (both shapes present) and structured (both shapes, right colours) against the plain model on
+    ``count`` two-object pairs; observe's localisation on the plain pictures; DPL + Prompt-to-Prompt against
+    Prompt-to-Prompt alone on ``edits`` edits of rendered pictures (edit success, PSNR outside the edited object;
+    null-text inversion capped at ``null_iterations`` updates per step for both). Prints the table and, with
+    ``grid``, saves example pictures; returns the rows."""
     pairs = cases(count, 2)
+    t0 = time.perf_counter()
+    plain, plain_images, ratios = [], [], []
+    for case in tqdm(pairs, desc="plain (observe reads its maps)"):
+        words = sorted({n.split()[1] for n in case.names})
+        image, result = draw(pipe, case, [Observe(words=words)], steps, cfg)
+        plain.append(judge(image, case))
+        plain_images.append(image)
+        ratios += localisation(result.report["observe"].maps, case, image)
     methods = {
         "attend_excite": lambda c: [AttendExcite(words=[n.split()[1] for n in c.names])],
         "a_star": lambda c: [AStar(words=[n.split()[1] for n in c.names])],
         "structured": lambda c: [StructuredGuidance()],
     }
-    t0 = time.perf_counter()
-    plain, plain_images = [], []
-    for case in tqdm(pairs, desc="plain"):
-        image, _ = draw(pipe, case, (), steps, cfg)
-        plain.append(judge(image, case))
-        plain_images.append(image)
     rows, examples = [], []
     for name, make in methods.items():
         outcomes = []
@@ -77,31 +142,75 @@ def effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, grid: str
             if i < 4:
                 examples.append((name, case.prompt, plain_images[i], image))
         if name == "structured":
-            before = [not o.binding_error and not o.neglect for o in plain]
-            after = [not o.binding_error and not o.neglect for o in outcomes]
-            axis = "both shapes, right colours"
+            rows.append(_paired(name, "both shapes, right colours", [o.correct for o in plain],
+                                [o.correct for o in outcomes]))
         else:
-            before = [not o.neglect for o in plain]
-            after = [not o.neglect for o in outcomes]
-            axis = "both shapes present"
-        diff, low, high = bootstrap_difference(before, after)
-        rows.append((name, axis, rate(before), rate(after), diff, low, high, mcnemar(before, after)))
+            rows.append(_paired(name, "both shapes present", [not o.neglect for o in plain],
+                                [not o.neglect for o in outcomes]))
+    median, low, high = bootstrap_median(ratios) if ratios else (float("nan"),) * 3  # no object found: no ratio
+    rows.append(Row("observe", "mass on object / area share", "uniform", 1.0, median, median - 1.0, low - 1.0,
+                    high - 1.0, None, "x", len(ratios)))
     held = sum(c.held_out for c in pairs)
-    print(f"\nshapes model, {len(pairs)} two-object prompt-seed pairs ({held} held out), {steps} steps, CFG {cfg:g}; "
-          f"{time.perf_counter() - t0:.0f} s")
-    print(f"{'method':<15}{'axis':<28}{'plain':>7}{'method':>8}{'diff':>8}{'95% CI':>18}{'McNemar p':>11}")
-    for name, axis, a, b, diff, low, high, p in rows:
-        print(f"{name:<15}{axis:<28}{a:>7.1%}{b:>8.1%}{diff:>+8.1%}   [{low:+.1%}, {high:+.1%}]{p:>11.3g}")
+    print(f"\nshapes model: {len(pairs)} two-object prompt-seed pairs ({held} held out), {steps} steps, CFG {cfg:g}")
+    if edits:
+        edit_rows, edit_examples = edit_effects(pipe, edits, steps, cfg, null_iterations)
+        rows += edit_rows
+        examples += edit_examples
+    print(f"{time.perf_counter() - t0:.0f} s\n")
+    print(table(rows))
     if grid and examples:
         from ..viz import labelled_grid
 
         tiles = []
         for name, prompt, before_image, after_image in examples:
-            tiles += [(f"plain: {prompt}", before_image.resize((192, 192))),
+            before_name = "p2p" if name == "dpl + p2p" else "plain"
+            tiles += [(f"{before_name}: {prompt}", before_image.resize((192, 192))),
                       (f"{name}: {prompt}", after_image.resize((192, 192)))]
         labelled_grid(tiles, 192, 2).save(grid)
         print(f"saved {grid}")
     return rows
+
+
+def edit_effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, null_iterations: int = 10,
+                 log: str | None = None, seed: int = 0):
+    """DPL + Prompt-to-Prompt against Prompt-to-Prompt alone (both after null-text inversion) on ``count`` edits of
+    rendered two-shape pictures (drawn from ``seed``): ``(rows, examples)``. With ``log``, each edit's outcome is appended to that file as
+    one JSON line as soon as it is measured."""
+    import json
+
+    from PIL import Image
+
+    from ..editing import edit
+    from .world import render
+
+    jobs = edit_cases(count, seed)
+    done = {"p2p": [], "dpl + p2p": []}
+    kept = {"p2p": [], "dpl + p2p": []}
+    examples = []
+    for i, case in enumerate(tqdm(jobs, desc="edits (p2p, dpl + p2p)")):
+        source = Image.fromarray(render(case.scene))
+        pictures = {}
+        for name, words in (("p2p", None), ("dpl + p2p", case.words)):
+            result = edit(pipe, source, case.source_prompt, case.target_prompt, words=words, seed=case.seed,
+                          num_inference_steps=steps, guidance_scale=cfg, null_iterations=null_iterations)
+            pictures[name] = result.images[0]
+            done[name].append(sorted(f.name for f in detect(result.images[0])) == sorted(case.names))
+            kept[name].append(outside_psnr(source, result.images[0], case))
+        if log:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"edit": i, "source": case.source_prompt, "target": case.target_prompt,
+                                    "held_out": case.held_out, **{f"{n} success": done[n][-1] for n in done},
+                                    **{f"{n} psnr": kept[n][-1] for n in kept}}) + "\n")
+        if i < 4:
+            examples.append(("dpl + p2p", f"{case.source_prompt} -> {case.target_prompt}", pictures["p2p"],
+                             pictures["dpl + p2p"]))
+    held = sum(c.held_out for c in jobs)
+    print(f"edits: {len(jobs)} rendered pictures ({held} edited into held-out pairs), {steps} DDIM steps, "
+          f"CFG {cfg:g}, null-text {null_iterations} updates per step")
+    rows = [_paired("dpl + p2p", "edit success", done["p2p"], done["dpl + p2p"], baseline="p2p"),
+            _paired("dpl + p2p", "PSNR outside the object", kept["p2p"], kept["dpl + p2p"], baseline="p2p",
+                    unit=" dB")]
+    return rows, examples
 
 
 def print_scores(found: dict) -> None:

@@ -4,7 +4,10 @@ not, how it fails in the ways the papers target.
 - **neglect** (Attend-and-Excite, A-STAR): a shape the prompt asks for is missing;
 - **binding** (Structured Diffusion Guidance): every shape is there, but a colour sits on the wrong one;
 - **localisation** (observe): a word's attention mass on its own object, divided by the object's share of the
-  picture (1: no better than uniform; the model "localises" from 2 up).
+  picture (1: no better than uniform; the model "localises" from 2 up);
+- **edits** (Dynamic Prompt Learning + Prompt-to-Prompt): a rendered picture of two shapes, one of them changed in
+  its caption (shape or colour); the edit succeeds when the detector reads the edited caption, and the background
+  is preserved when the picture outside the edited object (PSNR) stays as it was.
 
 Paired comparisons (a method against the plain model on the same prompts and seeds) come with an exact McNemar
 test and a paired-bootstrap 95 % interval of the difference in rates.
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .detector import detect
-from .world import HELD_OUT, OBJECTS, held_out, masks, random_scene
+from .world import COLOURS, HELD_OUT, OBJECTS, SHAPES, SIZE, Scene, held_out, masks, random_scene
 
 
 @dataclass
@@ -105,6 +108,73 @@ def localisation(maps: dict, case: Case, image) -> list[float]:
     return ratios
 
 
+@dataclass
+class EditCase:
+    """A real picture (a rendered scene of two shapes) and its edit: thing ``changed`` becomes ``target``."""
+
+    scene: Scene
+    changed: int
+    target: str
+    seed: int
+
+    @property
+    def source_prompt(self) -> str:
+        return self.scene.caption
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The coloured shapes the edited picture should show."""
+        return tuple(self.target if i == self.changed else t.name for i, t in enumerate(self.scene.things))
+
+    @property
+    def target_prompt(self) -> str:
+        return " and ".join(f"a {n}" for n in self.names)
+
+    @property
+    def held_out(self) -> bool:
+        return held_out(self.names)
+
+    @property
+    def words(self) -> list[str]:
+        """The source caption's nouns (the words Dynamic Prompt Learning makes dynamic)."""
+        return [t.shape for t in self.scene.things]
+
+    def outside(self, margin: float = 3.0) -> np.ndarray:
+        """``(64, 64)`` bool: the pixels farther than the edited thing's radius (plus ``margin``) from its centre,
+        where nothing should change (the other shape and the background)."""
+        thing = self.scene.things[self.changed]
+        y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
+        return np.hypot(x - thing.cx, y - thing.cy) > thing.r + margin
+
+
+def edit_cases(count: int, seed: int = 0) -> list[EditCase]:
+    """``count`` edits of two-shape pictures: every other one changes a shape's kind, the rest its colour, to one
+    that makes a different pair (edited pairs may be held out of training)."""
+    rng = np.random.default_rng([seed, 3])
+    out = []
+    while len(out) < count:
+        scene = random_scene(rng, 2, training=True)
+        changed = int(rng.integers(2))
+        thing = scene.things[changed]
+        if len(out) % 2 == 0:
+            options = [f"{thing.colour} {s}" for s in SHAPES if s != thing.shape]
+        else:
+            options = [f"{c} {thing.shape}" for c in COLOURS if c != thing.colour]
+        other = scene.things[1 - changed].name
+        options = [o for o in options if o != other]
+        out.append(EditCase(scene, changed, options[int(rng.integers(len(options)))], int(rng.integers(2**31))))
+    return out
+
+
+def outside_psnr(source, edited, case: EditCase) -> float:
+    """PSNR (dB) of the edited picture against the source outside the edited object."""
+    a = np.asarray(source, dtype=np.float64) / 255
+    b = np.asarray(edited, dtype=np.float64) / 255
+    keep = case.outside()
+    mse = float(((a - b) ** 2)[keep].mean())
+    return float(10 * np.log10(1.0 / max(mse, 1e-10)))  # identical pixels read as 100 dB (a mean stays finite)
+
+
 def rate(flags) -> float:
     flags = list(flags)
     return sum(flags) / len(flags) if flags else float("nan")
@@ -124,9 +194,9 @@ def mcnemar(before: list[bool], after: list[bool]) -> float:
     return min(1.0, 2 * tail)
 
 
-def bootstrap_difference(before: list[bool], after: list[bool], samples: int = 2000, seed: int = 0):
-    """``(difference, low, high)``: the rate of ``after`` minus that of ``before`` and its paired-bootstrap 95 %
-    interval (pairs resampled together)."""
+def bootstrap_difference(before: list, after: list, samples: int = 2000, seed: int = 0):
+    """``(difference, low, high)``: the mean of ``after`` minus that of ``before`` (rates of flags, or means of
+    values such as PSNR) and its paired-bootstrap 95 % interval (pairs resampled together)."""
     a = np.asarray(before, dtype=np.float64)
     b = np.asarray(after, dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -135,5 +205,13 @@ def bootstrap_difference(before: list[bool], after: list[bool], samples: int = 2
     return float(b.mean() - a.mean()), float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))
 
 
-__all__ = ["Case", "Outcome", "bootstrap_difference", "cases", "draw", "judge", "localisation", "masks", "mcnemar",
-           "rate"]
+def bootstrap_median(values: list[float], samples: int = 2000, seed: int = 0):
+    """``(median, low, high)``: the median of ``values`` and its bootstrap 95 % interval."""
+    v = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    medians = np.median(v[rng.integers(0, len(v), size=(samples, len(v)))], axis=1)
+    return float(np.median(v)), float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))
+
+
+__all__ = ["Case", "EditCase", "Outcome", "bootstrap_difference", "bootstrap_median", "cases", "draw", "edit_cases",
+           "judge", "localisation", "masks", "mcnemar", "outside_psnr", "rate"]

@@ -37,11 +37,11 @@ STAGES = ("vae", "unet", "done")
 class TrainConfig:
     """Settings of a training run (kept in its checkpoint; a resumed run keeps the first run's)."""
 
-    vae_steps: int = 3000
-    unet_steps: int = 40000
+    vae_steps: int = 1000
+    unet_steps: int = 4500
     batch: int = 32
     vae_lr: float = 1e-3
-    unet_lr: float = 3e-4
+    unet_lr: float = 5e-4
     kl_weight: float = 1e-6
     ema: float = 0.999
     min_snr: float = 5.0
@@ -108,7 +108,6 @@ class Trainer:
             self.optimiser.load_state_dict(saved["optimiser"])
         if saved.get("ema") is not None:
             self.ema = saved["ema"]
-        self._trim_log()
 
     def _trim_log(self) -> None:
         """Drop the log lines of steps after the checkpoint (a run that stopped between saves logged them; the resumed
@@ -216,6 +215,7 @@ class Trainer:
 
     def run(self, on_log: Callable[[dict], None] | None = None, stop=None, max_steps: int | None = None) -> None:
         """Train until done (or ``max_steps`` more steps, or ``stop``), saving every ``save_every`` steps."""
+        self._trim_log()  # here, not on loading: reading a run (to export or evaluate it) must leave its log alone
         log = (self.folder / "log.jsonl").open("a", encoding="utf-8")
         done = 0
         try:

@@ -76,6 +76,23 @@ def test_training_resumes_exactly_where_it_stopped(tmp_path):
     assert len(log("a")) == 4 and log("b") == log("a")  # each step logged once, with the same loss, as in one go
 
 
+def test_reading_a_run_that_trains_leaves_its_log_alone(tmp_path, capsys):
+    """Exporting or evaluating a run while another process trains it must not replace the log that process writes
+    (it did: loading trimmed the log, and the trainer went on writing into the replaced file)."""
+    from attnkit.cli import main
+    from attnkit.lab.train import TrainConfig, Trainer
+
+    trainer = Trainer(tmp_path / "run", TrainConfig(vae_steps=1, unet_steps=4, batch=2, save_every=1))
+    trainer.run(max_steps=2)  # the autoencoder step and the stage change: the UNet's step 0 is saved
+    log = tmp_path / "run" / "log.jsonl"
+    with log.open("a") as f:  # the training process logs a step it has not saved yet
+        f.write('{"loss": 1.0, "stage": "unet", "step": 1, "total": 4, "s": 1.0}\n')
+    before = (log.stat().st_ino, log.read_text())
+    assert main(["lab", "export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m.safetensors")]) == 0
+    assert "saved" in capsys.readouterr().out and (tmp_path / "m.safetensors").is_file()
+    assert (log.stat().st_ino, log.read_text()) == before
+
+
 def test_a_saved_model_is_small_and_loads_back_as_saved(tmp_path):
     from attnkit.lab.model import build, load, save, world_token_ids
 
@@ -147,12 +164,17 @@ def test_the_effects_benchmark_runs_and_prints_its_table(tmp_path, capsys):
     effects = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(effects)
     grid = tmp_path / "effects.png"
-    assert effects.main(["--model", str(tmp_path / "untrained.safetensors"), "--pairs", "2", "--steps", "2",
-                         "--grid", str(grid)]) == 0
+    markdown = tmp_path / "effects.md"
+    assert effects.main(["--model", str(tmp_path / "untrained.safetensors"), "--pairs", "2", "--edits", "1",
+                         "--steps", "2", "--grid", str(grid), "--markdown", str(markdown)]) == 0
     out = capsys.readouterr().out
-    for row in ("attend_excite", "a_star", "structured", "McNemar p", "one object right", "held-out pairs"):
+    for row in ("attend_excite", "a_star", "structured", "observe", "dpl + p2p", "edit success",
+                "PSNR outside the object", "McNemar p", "one object right", "held-out pairs"):
         assert row in out
     assert grid.is_file()
+    lines = markdown.read_text().splitlines()
+    assert lines[0].startswith("| method | axis |") and len(lines) == 2 + 6  # a header and its rule, 6 rows
+    assert all(line.count("|") == 10 for line in lines)
 
 
 def test_lab_eval_from_the_command_line(tmp_path, capsys):
@@ -164,3 +186,33 @@ def test_lab_eval_from_the_command_line(tmp_path, capsys):
     assert "one object right" in capsys.readouterr().out
     assert main(["lab", "eval", "--run", str(tmp_path / "nothing")]) == 2
     assert "no training run in" in capsys.readouterr().err
+
+
+def test_edit_cases_change_one_shape_and_measure_only_outside_it():
+    import numpy as np
+
+    from attnkit.lab.evaluate import bootstrap_median, edit_cases, outside_psnr
+    from attnkit.lab.world import masks, render
+
+    jobs = edit_cases(40)
+    for i, case in enumerate(jobs):
+        before = [t.name for t in case.scene.things]
+        assert len(case.names) == 2 and case.names[1 - case.changed] == before[1 - case.changed]
+        old, new = before[case.changed].split(), case.target.split()
+        assert (old[0] == new[0]) != (old[1] == new[1])  # exactly one word changes
+        assert (old[1] != new[1]) == (i % 2 == 0)        # shape edits and colour edits alternate
+        assert case.names[0] != case.names[1]
+        assert len(case.source_prompt.split()) == len(case.target_prompt.split())  # replace edits: same length
+        area = masks(case.scene)
+        assert not (area[case.changed] & case.outside()).any() and (area[1 - case.changed] <= case.outside()).all()
+    case = jobs[0]
+    picture = render(case.scene)
+    assert outside_psnr(picture, picture, case) == 100.0
+    inside_only = picture.copy()
+    inside_only[~case.outside()] = 0  # a change inside the edited object does not count
+    assert outside_psnr(picture, inside_only, case) == 100.0
+    spoiled = picture.copy()
+    spoiled[case.outside()] = 0  # grey 128 to black: an error of about half the range
+    assert outside_psnr(picture, spoiled, case) < 10
+    median, low, high = bootstrap_median(list(np.linspace(1, 5, 101)))
+    assert median == 3.0 and low < 3.0 < high
