@@ -53,7 +53,7 @@ def scores(pipe, count: int = 100, steps: int = 20, cfg: float = 7.5) -> dict:
     out["single"] = rate(o.correct for o in singles)
     pairs, ratios = [], []
     for case in tqdm(cases(count, 2), desc="two objects"):
-        image, result = draw(pipe, case, [Observe(words=sorted({n.split()[1] for n in case.names}))], steps, cfg)
+        image, result = draw(pipe, case, [Observe(words=case.words)], steps, cfg)
         pairs.append(judge(image, case))
         ratios += localisation(result.report["observe"].maps, case, image)
     seen = [o for o in pairs if not o.case.held_out]
@@ -123,14 +123,13 @@ def effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, grid: str
     t0 = time.perf_counter()
     plain, plain_images, ratios = [], [], []
     for case in tqdm(pairs, desc="plain (observe reads its maps)"):
-        words = sorted({n.split()[1] for n in case.names})
-        image, result = draw(pipe, case, [Observe(words=words)], steps, cfg)
+        image, result = draw(pipe, case, [Observe(words=case.words)], steps, cfg)
         plain.append(judge(image, case))
         plain_images.append(image)
         ratios += localisation(result.report["observe"].maps, case, image)
     methods = {
-        "attend_excite": lambda c: [AttendExcite(words=[n.split()[1] for n in c.names])],
-        "a_star": lambda c: [AStar(words=[n.split()[1] for n in c.names])],
+        "attend_excite": lambda c: [AttendExcite(words=c.words)],
+        "a_star": lambda c: [AStar(words=c.words)],
         "structured": lambda c: [StructuredGuidance()],
     }
     rows, examples = [], []

@@ -24,6 +24,18 @@ from .detector import detect
 from .world import COLOURS, HELD_OUT, OBJECTS, SHAPES, SIZE, Scene, held_out, masks, random_scene
 
 
+def shape_words(names) -> list[str]:
+    """Each object's shape word as attnkit picks it in the caption: ``"circle"``, or ``"square#1"``, ``"square#2"``
+    when two objects share a shape (a repeated word would stand for both)."""
+    shapes = [n.split()[1] for n in names]
+    seen: Counter = Counter()
+    out = []
+    for shape in shapes:
+        seen[shape] += 1
+        out.append(f"{shape}#{seen[shape]}" if shapes.count(shape) > 1 else shape)
+    return out
+
+
 @dataclass
 class Case:
     """A prompt and seed to draw, and the coloured shapes it asks for."""
@@ -32,6 +44,11 @@ class Case:
     names: tuple[str, ...]
     seed: int
     held_out: bool = False
+
+    @property
+    def words(self) -> list[str]:
+        """The words the methods act on: each object's shape word, in the prompt's order."""
+        return shape_words(self.names)
 
 
 @dataclass
@@ -95,8 +112,10 @@ def localisation(maps: dict, case: Case, image) -> list[float]:
 
     ratios = []
     for found in detect(image):
-        word = found.shape
-        if word not in maps or found.name not in case.names:
+        if found.name not in case.names:
+            continue
+        word = case.words[case.names.index(found.name)]
+        if word not in maps:
             continue
         heat = maps[word][0].float()
         heat = F.interpolate(heat[None, None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
@@ -137,7 +156,7 @@ class EditCase:
     @property
     def words(self) -> list[str]:
         """The source caption's nouns (the words Dynamic Prompt Learning makes dynamic)."""
-        return [t.shape for t in self.scene.things]
+        return shape_words([t.name for t in self.scene.things])
 
     def outside(self, margin: float = 3.0) -> np.ndarray:
         """``(64, 64)`` bool: the pixels farther than the edited thing's radius (plus ``margin``) from its centre,
@@ -214,4 +233,4 @@ def bootstrap_median(values: list[float], samples: int = 2000, seed: int = 0):
 
 
 __all__ = ["Case", "EditCase", "Outcome", "bootstrap_difference", "bootstrap_median", "cases", "draw", "edit_cases",
-           "judge", "localisation", "masks", "mcnemar", "outside_psnr", "rate"]
+           "judge", "localisation", "masks", "mcnemar", "outside_psnr", "rate", "shape_words"]

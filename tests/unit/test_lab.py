@@ -133,6 +133,10 @@ def test_judging_names_neglect_and_binding():
     assert neglected.neglect and not neglected.binding_error and not neglected.correct
     swapped = Outcome(case, ["blue circle", "red square"])
     assert swapped.binding_error and not swapped.neglect
+    assert case.words == ["circle", "square"]  # what the methods act on: each object's own shape word
+    twins = Case("a red square and a blue square", ("red square", "blue square"), 0)
+    assert twins.words == ["square#1", "square#2"]  # a shared shape: each occurrence, not one word for both
+    assert Outcome(twins, ["red square"]).neglect and not Outcome(twins, ["red square", "blue square"]).neglect
 
 
 def test_paired_statistics_against_their_formulas():
