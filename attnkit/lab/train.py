@@ -91,8 +91,8 @@ class Trainer:
             ], lr=self.config.unet_lr)
             self.ema = {"unet": copy.deepcopy(pipe.unet.state_dict()),
                         "text_encoder": copy.deepcopy(pipe.text_encoder.state_dict())}
-        else:
-            self.optimiser, self.ema = None, self.ema
+        else:  # done: no optimiser; the moving averages stay (or come from the checkpoint)
+            self.optimiser, self.ema = None, getattr(self, "ema", None)
 
     def _restore(self, saved: dict) -> None:
         pipe = self.pipe

@@ -74,6 +74,10 @@ def test_training_resumes_exactly_where_it_stopped(tmp_path):
                 for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
 
     assert len(log("a")) == 4 and log("b") == log("a")  # each step logged once, with the same loss, as in one go
+    finished = Trainer(tmp_path / "b")  # a finished run loads (to export it) with its moving averages
+    assert finished.stage == "done" and finished.ema is not None
+    torch.testing.assert_close(finished.pipeline().unet.state_dict(), resumed.pipeline().unet.state_dict(), rtol=0,
+                               atol=0)
 
 
 def test_reading_a_run_that_trains_leaves_its_log_alone(tmp_path, capsys):
