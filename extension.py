@@ -9,8 +9,9 @@ import sys
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="attnkit: cross-attention control in a Gradio app")
-    parser.add_argument("--model", default="tiny-sd15",
-                        help="tiny-sd15 | tiny-sdxl | tiny-flux | a diffusers folder | a .safetensors file | a hub id")
+    parser.add_argument("--model", default="shapes",
+                        help="shapes (default: the built-in model of coloured shapes) | tiny-sd15 | tiny-sdxl | "
+                             "tiny-flux | a diffusers folder | a .safetensors file | a hub id")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--listen", action="store_true", help="bind all interfaces instead of 127.0.0.1")
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link")

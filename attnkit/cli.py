@@ -30,9 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p, prompt=True):
-        p.add_argument("--model", default="tiny-sd15",
-                       help="tiny-sd15 | tiny-sdxl | tiny-flux | a diffusers folder | a .safetensors file | a hub id "
-                            "(default: tiny-sd15, built in, offline)")
+        p.add_argument("--model", default="shapes",
+                       help="shapes | tiny-sd15 | tiny-sdxl | tiny-flux | a diffusers folder | a .safetensors file | "
+                            "a hub id (default: shapes, the built-in model of coloured shapes, offline)")
         p.add_argument("--config", help="for single-file checkpoints: a diffusers folder or hub id with its configs")
         p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
         p.add_argument("--dtype", help="float16, bfloat16 or float32 (default: float16 on GPU, float32 on CPU)")
@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--paper", action="store_true",
                      help="each --method at its paper's settings, and the paper's steps, CFG and sampler where not "
                           "given (e.g. Attend-and-Excite: 50 steps, CFG 7.5, its thresholds, the raw-latent pass)")
-    gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20 tiny, 30 otherwise)")
+    gen.add_argument("--steps", type=int, default=None,
+                     help="denoising steps (default: 20 on built-in models, 30 otherwise)")
     gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the pipeline's)")
     gen.add_argument("--sampler", default=None,
                      help="Euler, 'Euler a', 'DPM++ 2M', 'DPM++ 2M Karras', DDIM, PNDM, UniPC, Heun, LMS "
@@ -99,8 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="null-text as in DPL's code also without --words: 51 fixed updates per step from \"\"")
     ed.add_argument("--paper", action="store_true",
                     help="the papers' settings for every option not given (DPL's DPL.sh, Prompt-to-Prompt's notebooks; "
-                         "50 steps also on tiny models)")
-    ed.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 50; 20 for tiny models)")
+                         "50 steps also on built-in models)")
+    ed.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 50; 20 for built-in models)")
     ed.add_argument("--cfg", type=float, default=7.5, help="guidance scale (7.5)")
     ed.add_argument("--seed", type=int, default=1, help="seed of the background mask's k-means (1)")
     ed.add_argument("--height", type=int, default=None)
@@ -247,7 +248,7 @@ def _generate(args) -> int:
 
     from .core.steps import shown_step, work_text
     from .methods import REGISTRY
-    from .models import TINY_IMAGE_SIZE, is_tiny, load_pipeline
+    from .models import builtin_size, is_builtin, load_pipeline
     from .presets import PresetError
     from .runtime import generate
 
@@ -267,10 +268,10 @@ def _generate(args) -> int:
         methods, paper_sampler = at_paper_settings(methods, "paper", paper)
         chosen_sampler = args.sampler or paper_sampler
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config)
-    tiny = is_tiny(pipe)
-    kwargs = {"num_inference_steps": args.steps or paper.get("num_inference_steps") or (20 if tiny else 30)}
-    height = args.height or (TINY_IMAGE_SIZE if tiny else None)
-    width = args.width or (TINY_IMAGE_SIZE if tiny else None)
+    quick = is_builtin(pipe)
+    kwargs = {"num_inference_steps": args.steps or paper.get("num_inference_steps") or (20 if quick else 30)}
+    height = args.height or builtin_size(pipe)
+    width = args.width or builtin_size(pipe)
     if height:
         kwargs["height"] = height
     if width:
@@ -350,7 +351,7 @@ def _edit(args) -> int:
     from tqdm.auto import tqdm
 
     from .editing import edit, parse_scales, parse_window
-    from .models import is_tiny, load_pipeline
+    from .models import is_builtin, load_pipeline
 
     _check_settings(args)
     _check_outputs({"--out": args.out, "--reconstruction": args.reconstruction, "--grid": args.grid,
@@ -374,7 +375,7 @@ def _edit(args) -> int:
         knobs = {**DPL_NULL_TEXT, **knobs}
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config)
     pipe.set_progress_bar_config(disable=True)
-    steps = args.steps or (20 if is_tiny(pipe) and not args.paper else 50)
+    steps = args.steps or (20 if is_builtin(pipe) and not args.paper else 50)
     bars: dict[str, tqdm] = {}
     names = {"invert": "inverting", "optimise": "optimising", "edit": "editing"}
 

@@ -1,8 +1,9 @@
 """Loading real pipelines, and building tiny offline ones.
 
 ``load_pipeline`` takes what users have: a local diffusers folder, a single-file ``.safetensors``/``.ckpt``
-checkpoint, a hub id (on a machine that reaches the hub), or one of the built-in names ``tiny-sd15``,
-``tiny-sdxl``, ``tiny-flux``.
+checkpoint, a hub id (on a machine that reaches the hub), or one of the built-in names: ``shapes`` (a small model
+trained on pictures of coloured shapes, shipped in the package; see :mod:`attnkit.lab`) and the random-weight
+``tiny-sd15``, ``tiny-sdxl``, ``tiny-flux``.
 
 ``tiny_pipeline`` builds real diffusers pipelines (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``,
 ``FluxPipeline``) with deterministic random weights from configs, an 8x VAE (so image size maps to latent size as
@@ -33,6 +34,12 @@ TINY_FAMILIES = tuple(TINY_NAMES.values())
 FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "flux": "Flux"}
 #: Default image side of the tiny pipelines (pixels): big enough that maps show structure, small enough for a CPU.
 TINY_IMAGE_SIZE = 128
+#: the built-in trained model: 64 px pictures of coloured circles, squares and triangles (:mod:`attnkit.lab`)
+SHAPES = "shapes"
+SHAPES_FILE = Path(__file__).resolve().parent / "lab" / "shapes.safetensors"
+SHAPES_IMAGE_SIZE = 64
+#: the default model of the app and the CLI
+DEFAULT_MODEL = SHAPES
 
 CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _CLIP_NUM_MERGES = 49152 - 256 - 2
@@ -261,6 +268,32 @@ def is_tiny(pipe) -> bool:
     return str(getattr(pipe, "name_or_path", "") or "").startswith("tiny-")
 
 
+def shapes_pipeline():
+    """The built-in shapes model (trained; shipped in the package), on the CPU in float32."""
+    if not SHAPES_FILE.is_file():
+        raise ModelLoadError(f"the built-in shapes model is missing from this install ({SHAPES_FILE}); reinstall "
+                             "attnkit, or train one with 'attnkit lab train' and load the file it exports")
+    from .lab.model import load
+
+    pipe = load(SHAPES_FILE)
+    pipe.register_to_config(_name_or_path=SHAPES)
+    return pipe
+
+
+def is_builtin(pipe) -> bool:
+    """Whether ``pipe`` is a built-in model (the shapes model or a tiny pipeline)."""
+    return is_tiny(pipe) or str(getattr(pipe, "name_or_path", "") or "") == SHAPES
+
+
+def builtin_size(source) -> int | None:
+    """The image side a built-in model draws at (64 px for ``shapes``, 128 px for the tiny ones), from its name or
+    its pipeline; ``None`` for any other model (which has its own default)."""
+    name = source if isinstance(source, str) else str(getattr(source, "name_or_path", "") or "")
+    if name == SHAPES:
+        return SHAPES_IMAGE_SIZE
+    return TINY_IMAGE_SIZE if name in TINY_NAMES or name.startswith("tiny-") else None
+
+
 # ------------------------------------------------------------------------------------------------- families
 
 
@@ -421,9 +454,9 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
     """Load a Stable Diffusion 1.x/2.x, SDXL or Flux pipeline from what the user has.
 
     Args:
-        source: ``tiny-sd15`` / ``tiny-sdxl`` / ``tiny-flux`` (built in, offline); a local diffusers folder (with
-            ``model_index.json``); a single-file ``.safetensors`` or ``.ckpt`` checkpoint; or a hub id such as
-            ``stable-diffusion-v1-5/stable-diffusion-v1-5`` (needs a reachable hub or a filled cache).
+        source: ``shapes`` / ``tiny-sd15`` / ``tiny-sdxl`` / ``tiny-flux`` (built in, offline); a local diffusers
+            folder (with ``model_index.json``); a single-file ``.safetensors`` or ``.ckpt`` checkpoint; or a hub id
+            such as ``stable-diffusion-v1-5/stable-diffusion-v1-5`` (needs a reachable hub or a filled cache).
         device: ``"cuda"``, ``"mps"``, ``"cpu"``...; default: the best available (:func:`default_device`).
         dtype: ``torch.float16``/``"fp16"``, ``"bf16"``, ``"fp32"``...; default: float16 on a GPU, float32 on CPU.
         config: for single-file checkpoints, a diffusers folder or hub id whose configs describe the model
@@ -439,8 +472,8 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
     device = check_device(device or default_device())
     torch_dtype = _resolve_dtype(dtype, device)
     name = os.fspath(source)
-    if name in TINY_NAMES:
-        pipe = tiny_pipeline(TINY_NAMES[name])
+    if name in TINY_NAMES or name == SHAPES:
+        pipe = shapes_pipeline() if name == SHAPES else tiny_pipeline(TINY_NAMES[name])
         if device != "cpu" or torch_dtype != torch.float32:
             pipe = pipe.to(device=device, dtype=torch_dtype)
         return pipe
@@ -449,7 +482,7 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(
                 f"{path} is a folder but not a diffusers pipeline (no model_index.json); "
-                "pass a diffusers folder, a .safetensors file, or one of " + ", ".join(TINY_NAMES)
+                "pass a diffusers folder, a .safetensors file, or one of " + ", ".join(BUILTIN_NOTES)
             )
         from diffusers import DiffusionPipeline
 
@@ -471,7 +504,7 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
         except Exception as exc:
             logger.debug("loading %r from the model hub failed", name, exc_info=exc)
             raise ModelLoadError(
-                f"no model {name!r}: it is not a built-in model ({', '.join(TINY_NAMES)}), a folder or a file here, "
+                f"no model {name!r}: it is not a built-in model ({', '.join(BUILTIN_NOTES)}), a folder or a file here, "
                 f"and {_hub_reason(exc)}; pass a diffusers folder, a .safetensors file or a hub id"
             ) from exc
     family_of(pipe)  # refuse unsupported pipelines here, where the input entered
@@ -479,7 +512,8 @@ def load_pipeline(source: str | os.PathLike, device: str | None = None, dtype=No
 
 
 #: what the built-in models are, for model choosers
-TINY_NOTES = {
+BUILTIN_NOTES = {
+    SHAPES: "built-in, trained: coloured circles, squares and triangles, 64 px",
     "tiny-sd15": "built-in SD 1.5 layout, random weights",
     "tiny-sdxl": "built-in SDXL layout, random weights",
     "tiny-flux": "built-in Flux layout, random weights",
@@ -497,7 +531,7 @@ def model_choices(folder: str | os.PathLike | None = None, limit: int = 200) -> 
 
     Only the folder's listing is read (no model is opened and nothing is asked of the model hub); a missing or
     unreadable folder lists nothing of its own."""
-    out = [(f"{name} ({note})", name) for name, note in TINY_NOTES.items()]
+    out = [(f"{name} ({note})", name) for name, note in BUILTIN_NOTES.items()]
     root = Path(folder).expanduser() if folder else models_dir()
     try:
         entries = sorted(root.iterdir(), key=lambda p: p.name.lower())
@@ -511,6 +545,6 @@ def model_choices(folder: str | os.PathLike | None = None, limit: int = 200) -> 
                 out.append((f"{entry.name} (checkpoint)", str(entry)))
         except OSError:
             continue
-        if len(out) >= len(TINY_NOTES) + limit:
+        if len(out) >= len(BUILTIN_NOTES) + limit:
             break
     return out

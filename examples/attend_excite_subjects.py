@@ -1,6 +1,6 @@
 """Make every subject appear: Attend-and-Excite (diffusers' defaults) or A-STAR, with the per-step losses.
 
-    python examples/attend_excite_subjects.py [--model tiny-sd15] [--method a_star]
+    python examples/attend_excite_subjects.py [--model shapes] [--method a_star] [--prompt "..."] [--words ...]
 """
 
 import argparse
@@ -9,9 +9,9 @@ import attnkit
 from attnkit.methods import AStar, AttendExcite
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--model", default="tiny-sd15")
-parser.add_argument("--prompt", default="a cat and a frog")
-parser.add_argument("--words", default="cat,frog")
+parser.add_argument("--model", default="shapes")
+parser.add_argument("--prompt", default="a yellow triangle and a blue circle")
+parser.add_argument("--words", default="triangle,circle")
 parser.add_argument("--method", choices=["attend_excite", "a_star"], default="attend_excite")
 parser.add_argument("--steps", type=int, default=20)
 parser.add_argument("--out", default="subjects.png")

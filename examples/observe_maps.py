@@ -1,6 +1,8 @@
 """Where did each word land? Per-word attention maps over the generated image.
 
-    python examples/observe_maps.py [--model tiny-sd15] [--prompt "..."] [--out maps.png]
+    python examples/observe_maps.py [--model shapes] [--prompt "..."] [--words ...] [--out maps.png]
+
+On the built-in shapes model (the default) each shape word's map lands on its shape.
 """
 
 import argparse
@@ -9,9 +11,9 @@ import attnkit
 from attnkit.methods import Observe
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--model", default="tiny-sd15")
-parser.add_argument("--prompt", default="a red car and a white sheep on a green meadow")
-parser.add_argument("--words", default="car,sheep,meadow")
+parser.add_argument("--model", default="shapes")
+parser.add_argument("--prompt", default="a red circle and a blue square")
+parser.add_argument("--words", default="red circle,blue square")
 parser.add_argument("--steps", type=int, default=20)
 parser.add_argument("--out", default="observe_maps.png")
 args = parser.parse_args()

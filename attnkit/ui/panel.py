@@ -17,14 +17,19 @@ from typing import Any
 
 from ..core.steps import Progress, shown_step, work_text
 from ..errors import AttnKitError, Interrupted, one_line
+from ..lab.world import WORDS
 from ..methods import REGISTRY, get_method
 from ..methods.fields import Field, fields_for
+from ..models import DEFAULT_MODEL
 from ..presets import Preset, PresetError, check_settings, delete_preset, prompts_of_image, user_presets
 
 logger = logging.getLogger("attnkit")
 
 #: the methods' titles, as each class declares it
 METHOD_TITLES = {method_id: cls.title for method_id, cls in REGISTRY.items()}
+#: what the built-in shapes model understands, and the prompt the app starts with on it
+SHAPES_WORDS = ", ".join(WORDS)
+SHAPES_PROMPT = "a red circle and a blue square"
 
 
 @dataclass
@@ -307,13 +312,19 @@ def word_choices(pipe, prompt: str) -> list[tuple[str, str]]:
 
 def model_note(name: str, pipe, family: str, runs: dict[str, bool], models_folder) -> str:
     """What the note under the model chooser says about the loaded model and the controls it hides."""
-    from ..models import FAMILY_NAMES, TINY_NAMES, is_tiny, models_dir
+    from ..models import FAMILY_NAMES, SHAPES, TINY_NAMES, is_tiny, models_dir
 
     folder = Path(models_folder).expanduser() if models_folder else models_dir()
-    if name in TINY_NAMES or is_tiny(pipe):
+    own = (f"For other pictures, choose your own model: put diffusers folders or .safetensors files in `{folder}`, "
+           "or type a path and press Enter.")
+    if name == SHAPES or getattr(pipe, "name_or_path", None) == SHAPES:
+        text = (f"**{SHAPES}** is a built-in model trained on 64 px pictures of one or two coloured shapes on grey. "
+                f"It knows the words {SHAPES_WORDS} (\"a red circle and a blue square\"); other words mean nothing "
+                f"to it. Two shapes sometimes come out wrong (one missing, colours swapped): what the methods here "
+                f"fix. {own}")
+    elif name in TINY_NAMES or is_tiny(pipe):
         text = (f"**{name}** is a built-in test model with random weights: it makes noise-like images, fast, so every "
-                f"control can be tried. For pictures, choose your own model: put diffusers folders or .safetensors "
-                f"files in `{folder}`, or type a path and press Enter.")
+                f"control can be tried. {own}")
     else:
         text = f"**{Path(name).name or name}**: a {FAMILY_NAMES[family]} model."
     hidden = [METHOD_TITLES[m] for m, ok in runs.items() if not ok]
@@ -325,7 +336,7 @@ def model_note(name: str, pipe, family: str, runs: dict[str, bool], models_folde
     return text
 
 
-def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | None = None,
+def build_app(loader=None, default_model: str = DEFAULT_MODEL, preset_dir: str | None = None,
               lock_model: bool = False, models_folder: str | None = None):
     """The standalone Gradio app.
 
@@ -339,7 +350,16 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
     """
     import gradio as gr
 
-    from ..models import FAMILY_NAMES, TINY_IMAGE_SIZE, family_of, is_tiny, load_pipeline, model_choices
+    from ..models import (
+        FAMILY_NAMES,
+        SHAPES,
+        TINY_IMAGE_SIZE,
+        builtin_size,
+        family_of,
+        is_builtin,
+        load_pipeline,
+        model_choices,
+    )
     from ..runtime import generate
     from ..samplers import DEFAULT as OWN_SAMPLER
     from ..samplers import check_sampler, sampler_names, using_sampler
@@ -347,6 +367,10 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
     from .edit_tab import build_edit_tab
 
     state = AppState(default_model, loader or load_pipeline, lock_model)
+
+    def fallback_side(model_name) -> int:
+        """The image side an API call without one gets: the built-in model's own, else the tiny models'."""
+        return builtin_size((model_name or state.default_model).strip()) or TINY_IMAGE_SIZE
     method_ids = list(REGISTRY)
     controls: dict[str, dict[str, Any]] = {}
     toggles: dict[str, Any] = {}
@@ -370,7 +394,8 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
         with gr.Tab("Generate", elem_id="ak-tab-generate"):
             with gr.Row():
                 with gr.Column(scale=3):
-                    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="ak-prompt")
+                    prompt = gr.Textbox(SHAPES_PROMPT if default_model == SHAPES else "", label="Prompt", lines=2,
+                                        elem_id="ak-prompt")
                     negative = gr.Textbox(label="Negative prompt", elem_id="ak-negative")
                     picker = gr.CheckboxGroup(label="Words (pick the subjects the methods act on)", choices=[],
                                               elem_id="ak-words")
@@ -384,8 +409,9 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                         steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="ak-steps")
                         cfg = gr.Slider(0, 20, value=7.5, step=0.5, label="CFG scale", elem_id="ak-cfg")
                     with gr.Row():
-                        width = gr.Slider(64, 2048, value=TINY_IMAGE_SIZE, step=8, label="Width", elem_id="ak-width")
-                        height = gr.Slider(64, 2048, value=TINY_IMAGE_SIZE, step=8, label="Height", elem_id="ak-height")
+                        side = builtin_size(default_model) or TINY_IMAGE_SIZE
+                        width = gr.Slider(64, 2048, value=side, step=8, label="Width", elem_id="ak-width")
+                        height = gr.Slider(64, 2048, value=side, step=8, label="Height", elem_id="ak-height")
                         sampler = gr.Dropdown(sampler_names(), value=OWN_SAMPLER, label="Sampler",
                                               info="default: the model's own scheduler", elem_id="ak-sampler")
                     compare = gr.Checkbox(label="Compare with baseline (same seed, no attnkit)", value=False,
@@ -559,7 +585,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                     session_of(request), model or state.default_model, prompt, negative_prompt or
                     s.get("negative_prompt", ""), methods, listed, seed if seed != -1 else s.get("seed", -1),
                     steps or s.get("steps", 20), cfg_scale if cfg_scale >= 0 else s.get("guidance_scale", 7.5),
-                    width or s.get("width", TINY_IMAGE_SIZE), height or s.get("height", TINY_IMAGE_SIZE),
+                    width or s.get("width", fallback_side(model)), height or s.get("height", fallback_side(model)),
                     sampler or s.get("sampler", OWN_SAMPLER), baseline, progress)
             except Interrupted:
                 raise gr.Error("stopped by the user") from None
@@ -635,7 +661,7 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
         def on_model(model_name, *on):
             """A model was chosen (or the page opened): load it, say what it is, and hide what it cannot run (a
             hidden method that was on is turned off, and said so)."""
-            keep = [gr.update() for _ in range(2 * len(method_ids) + 5)]
+            keep = [gr.update() for _ in range(2 * len(method_ids) + 7)]
             try:
                 pipe, _ = state.pipe(model_name)
                 family = family_of(pipe)
@@ -647,10 +673,11 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
             if off:
                 text += f"\n\nTurned off: {', '.join(off)}."
             editable = family == "sd"
-            tiny = is_tiny(pipe)
+            quick = is_builtin(pipe)
             edit_note = ("" if not editable else
                          "Built-in model: 20 steps, a quick try (your own models start at 50, as the papers)."
-                         if tiny else "")
+                         if quick else "")
+            side = builtin_size(pipe)  # a built-in model draws at its own size; other models keep the sliders
             return [
                 text,
                 *(gr.update(visible=runs[m]) for m in method_ids),
@@ -661,11 +688,13 @@ def build_app(loader=None, default_model: str = "tiny-sd15", preset_dir: str | N
                 edit_note if editable else f"Editing a photo needs an SD 1.x/2.x model; this is a "
                                            f"{FAMILY_NAMES[family]} model.",
                 gr.update(interactive=editable),
-                gr.update(value=20 if tiny else 50),
+                gr.update(value=20 if quick else 50),
+                gr.update(value=side) if side else gr.update(),
+                gr.update(value=side) if side else gr.update(),
             ]
 
         model_outputs = [note, *section_list, *toggle_list, conditions, sampler, edit_tab["note"],
-                         edit_tab["run_button"], edit_tab["steps"]]
+                         edit_tab["run_button"], edit_tab["steps"], width, height]
         # the chooser's value changes when a model is picked, or a typed one is confirmed (Enter or leaving the
         # box), never per keystroke: each read may load a model
         (model.change(on_model, [model, *toggle_list], model_outputs)

@@ -11,7 +11,8 @@ from PIL import Image
 from attnkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = ["generate", "--prompt", "a red car and a blue bird", "--steps", "2", "--height", "64", "--width", "64"]
+BASE = ["generate", "--model", "tiny-sd15", "--prompt", "a red car and a blue bird", "--steps", "2", "--height", "64",
+        "--width", "64"]
 
 
 def test_generate_writes_image_maps_and_report(tmp_path, capsys):
@@ -96,7 +97,7 @@ def test_edit_writes_the_edit_reconstruction_grid_maps_and_report(tmp_path, caps
                  "--blend-words", "dog,fox", "--out", str(out), "--reconstruction", str(recon), "--grid", str(grid),
                  "--maps", str(maps), "--report", str(report)])
     assert code == 0
-    assert Image.open(out).size == Image.open(recon).size == (128, 128)
+    assert Image.open(out).size == Image.open(recon).size == (64, 64)  # the default model (shapes) is 64 px
     assert Image.open(grid).size[0] == 3 * 256 and Image.open(maps).size[0] >= 3 * 256
     data = json.loads(report.read_text())
     assert len(data["null_text"]) == 3 and data["settings"]["words"] == ["cat", "dog"] and "total" in data["timings"]

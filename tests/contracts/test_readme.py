@@ -33,7 +33,7 @@ def test_python_example_runs(index, tmp_path, monkeypatch, capsys):
         return
     exec(compile(block, f"README.md python block {index}", "exec"), namespace)
     if index == 0:
-        assert (tmp_path / "car.png").is_file() and (tmp_path / "car_maps.png").is_file()
+        assert (tmp_path / "shapes.png").is_file() and (tmp_path / "shapes_maps.png").is_file()
         assert capsys.readouterr().out.strip() == "torch.Size([1, 8, 8]) 1.0"
     if index == 1:
         assert set(namespace["maps"]) == {"porcupine", "bird"}

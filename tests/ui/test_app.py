@@ -24,7 +24,7 @@ def app(tmp_path_factory):
             pipes[name] = attnkit.load_pipeline(name, device="cpu")
         return pipes[name]
 
-    demo = build_app(loader=loader, preset_dir=str(tmp_path_factory.mktemp("presets")))
+    demo = build_app(loader=loader, default_model="tiny-sd15", preset_dir=str(tmp_path_factory.mktemp("presets")))
     demo.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     yield demo
     demo.close()
@@ -479,7 +479,7 @@ def test_choosing_a_model_hides_what_it_cannot_run(app):
     out = on_model("tiny-flux", *toggles_on)
     n = len(REGISTRY)
     note, sections, toggles = out[0], out[1: 1 + n], out[1 + n: 1 + 2 * n]
-    conditions, sampler, edit_note, edit_button, edit_steps = out[1 + 2 * n:]
+    conditions, sampler, edit_note, edit_button, edit_steps, width, height = out[1 + 2 * n:]
     assert "random weights" in note and "noise" in note
     assert "Hidden for Flux models: Structured Diffusion Guidance, A-STAR, Attend-and-Excite" in note
     assert "Turned off: Structured Diffusion Guidance." in note
@@ -488,10 +488,11 @@ def test_choosing_a_model_hides_what_it_cannot_run(app):
     assert [t.get("value") for t in toggles] == [None, False, None, None]  # only the hidden one that was on
     assert conditions["visible"] is True and sampler["choices"] == ["default"]
     assert "needs an SD 1.x/2.x model" in edit_note and edit_button["interactive"] is False
+    assert width["value"] == height["value"] == 128  # a built-in model's own size
     out = on_model("tiny-sd15", *toggles_on)
     assert all(s["visible"] for s in out[1: 1 + n]) and out[1 + 2 * n]["visible"] is False
-    assert "Conditions section is hidden" in out[0] and out[-2]["interactive"] is True
-    assert out[-1]["value"] == 20 and "20 steps, a quick try" in out[-3]  # the built-in model's quick edit
+    assert "Conditions section is hidden" in out[0] and out[-4]["interactive"] is True
+    assert out[-3]["value"] == 20 and "20 steps, a quick try" in out[-5]  # the built-in model's quick edit
     out = on_model("no-such-model-here", *toggles_on)
     assert out[0].startswith("**Error:** no model 'no-such-model-here'") and "\n" not in out[0]
 
@@ -505,7 +506,22 @@ def test_the_model_chooser_lists_built_ins_and_the_models_folder(tmp_path):
     (tmp_path / "dreamy.safetensors").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("")
     listed = model_choices(tmp_path)
-    assert [source for _, source in listed] == ["tiny-sd15", "tiny-sdxl", "tiny-flux",
+    assert [source for _, source in listed] == ["shapes", "tiny-sd15", "tiny-sdxl", "tiny-flux",
                                                 str(tmp_path / "dreamy.safetensors"), str(tmp_path / "my-sd15")]
-    assert all("random weights" in label for label, _ in listed[:3])
-    assert [label for label, _ in model_choices(tmp_path / "missing")] == [label for label, _ in listed[:3]]
+    assert "trained" in listed[0][0] and all("random weights" in label for label, _ in listed[1:4])
+    assert [label for label, _ in model_choices(tmp_path / "missing")] == [label for label, _ in listed[:4]]
+
+
+def test_a_new_app_starts_on_the_trained_shapes_model():
+    """What a newcomer sees first: the built-in shapes model chosen, a prompt it knows, its 64 px size, and a note
+    that says what it understands."""
+    demo = build_app(preset_dir=None)
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    assert by_id["ak-model"].value == "shapes"
+    assert by_id["ak-prompt"].value == "a red circle and a blue square"
+    assert by_id["ak-width"].value == by_id["ak-height"].value == 64
+    on_model = app_function(demo, "on_model")
+    out = on_model("shapes", *[False] * len(REGISTRY))
+    assert "**shapes** is a built-in model trained on 64 px pictures" in out[0]
+    assert "a, and, red, green, blue, yellow, circle, square, triangle" in out[0]
+    assert out[-2]["value"] == out[-1]["value"] == 64 and out[-3]["value"] == 20

@@ -36,7 +36,7 @@ def app(tmp_path_factory):
         return pipes[name]
 
     presets = tmp_path_factory.mktemp("presets")
-    demo = build_app(loader=loader, preset_dir=str(presets))
+    demo = build_app(loader=loader, default_model="tiny-sd15", preset_dir=str(presets))
     demo.preset_dir = presets
     demo.queue().launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     yield demo
