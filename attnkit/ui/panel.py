@@ -701,7 +701,8 @@ def build_app(loader=None, default_model: str = DEFAULT_MODEL, preset_dir: str |
          .then(update_words, [model, prompt, picker], picker)
          .then(update_keywords, [model, prompt, *keyword_pickers], keyword_pickers)
          .then(edit_tab["update_words"], [model, edit_tab["source"], edit_tab["picker"]], edit_tab["picker"]))
-        demo.load(on_model, [model, *toggle_list], model_outputs)
+        (demo.load(on_model, [model, *toggle_list], model_outputs)  # a prompt the app starts with gets its words
+         .then(update_words, [model, prompt, picker], picker))
 
         # presets ---------------------------------------------------------------------------------------------
 
