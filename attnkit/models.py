@@ -282,7 +282,7 @@ def shapes_pipeline():
 
 def is_builtin(pipe) -> bool:
     """Whether ``pipe`` is a built-in model (the shapes model or a tiny pipeline)."""
-    return is_tiny(pipe) or str(getattr(pipe, "name_or_path", "") or "") == SHAPES
+    return builtin_size(pipe) is not None
 
 
 def builtin_size(source) -> int | None:
@@ -291,7 +291,7 @@ def builtin_size(source) -> int | None:
     name = source if isinstance(source, str) else str(getattr(source, "name_or_path", "") or "")
     if name == SHAPES:
         return SHAPES_IMAGE_SIZE
-    return TINY_IMAGE_SIZE if name in TINY_NAMES or name.startswith("tiny-") else None
+    return TINY_IMAGE_SIZE if name.startswith("tiny-") else None
 
 
 # ------------------------------------------------------------------------------------------------- families

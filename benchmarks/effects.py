@@ -30,7 +30,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attnkit.lab.effects import effects, load, print_scores, scores, table  # noqa: E402
+from attnkit.lab.effects import effects, load, plain_pairs, print_scores, scores, table  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -45,8 +45,9 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", help="also write the effects table as Markdown to this file")
     args = parser.parse_args(argv)
     pipe = load(args.model, args.run)
-    print_scores(scores(pipe, args.pairs, args.steps, args.cfg))
-    rows = effects(pipe, args.pairs, args.steps, args.cfg, args.grid, edits=args.edits)
+    plain = plain_pairs(pipe, args.pairs, args.steps, args.cfg)  # drawn once for the scores and the effects
+    print_scores(scores(pipe, args.pairs, args.steps, args.cfg, plain=plain))
+    rows = effects(pipe, args.pairs, args.steps, args.cfg, args.grid, edits=args.edits, plain=plain)
     if args.markdown:
         Path(args.markdown).write_text(table(rows, markdown=True) + "\n", encoding="utf-8")
         print(f"saved {args.markdown}")

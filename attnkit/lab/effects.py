@@ -45,17 +45,44 @@ def load(model: str | None = None, run: str | None = None):
     return shapes_pipeline()
 
 
-def scores(pipe, count: int = 100, steps: int = 20, cfg: float = 7.5) -> dict:
+@dataclass
+class Plain:
+    """The plain model on two-object cases (observe reading its maps, which changes no pixel): each case's outcome
+    and picture, and the localisation ratios of the objects found."""
+
+    steps: int
+    cfg: float
+    outcomes: list
+    images: list
+    ratios: list
+
+
+def plain_pairs(pipe, count: int, steps: int = 20, cfg: float = 7.5) -> Plain:
+    """Draw :func:`cases` ``(count, 2)`` with the plain model, once for :func:`scores` and :func:`effects`."""
+    outcomes, images, ratios = [], [], []
+    for case in tqdm(cases(count, 2), desc="plain two objects (observe reads its maps)"):
+        image, result = draw(pipe, case, [Observe(words=case.words)], steps, cfg)
+        outcomes.append(judge(image, case))
+        images.append(image)
+        ratios += localisation(result.report["observe"].maps, case, image)
+    return Plain(steps, cfg, outcomes, images, ratios)
+
+
+def _plain(pipe, count, steps, cfg, plain: Plain | None) -> Plain:
+    if plain is not None and (len(plain.outcomes), plain.steps, plain.cfg) == (count, steps, cfg):
+        return plain
+    return plain_pairs(pipe, count, steps, cfg)
+
+
+def scores(pipe, count: int = 100, steps: int = 20, cfg: float = 7.5, plain: Plain | None = None) -> dict:
     """The model's own scores: single-object and two-object pictures right (held-out pairs apart), neglect and
-    binding errors, and observe's localisation (median mass on the object over its area share)."""
+    binding errors, and observe's localisation (median mass on the object over its area share). ``plain``: the
+    two-object draws of :func:`plain_pairs`, when already made with the same count and settings."""
     out = {}
     singles = [judge(draw(pipe, c, (), steps, cfg)[0], c) for c in tqdm(cases(count, 1), desc="one object")]
     out["single"] = rate(o.correct for o in singles)
-    pairs, ratios = [], []
-    for case in tqdm(cases(count, 2), desc="two objects"):
-        image, result = draw(pipe, case, [Observe(words=case.words)], steps, cfg)
-        pairs.append(judge(image, case))
-        ratios += localisation(result.report["observe"].maps, case, image)
+    drawn = _plain(pipe, count, steps, cfg, plain)
+    pairs, ratios = drawn.outcomes, drawn.ratios
     seen = [o for o in pairs if not o.case.held_out]
     held = [o for o in pairs if o.case.held_out]
     out.update(pair=rate(o.correct for o in seen), held_out=rate(o.correct for o in held),
@@ -112,21 +139,17 @@ def _paired(method, axis, before, after, baseline="plain", unit="%") -> Row:
 
 
 def effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, grid: str | None = None, edits: int = 200,
-            null_iterations: int = 10) -> list[Row]:
+            null_iterations: int = 10, plain: Plain | None = None) -> list[Row]:
     """Each method against its baseline on the same prompts and seeds, on the paper's own axis: Attend-and-Excite
     and A-STAR (both shapes present) and structured (both shapes, right colours) against the plain model on
     ``count`` two-object pairs; observe's localisation on the plain pictures; DPL + Prompt-to-Prompt against
     Prompt-to-Prompt alone on ``edits`` edits of rendered pictures (edit success, PSNR outside the edited object;
     null-text inversion capped at ``null_iterations`` updates per step for both). Prints the table and, with
-    ``grid``, saves example pictures; returns the rows."""
+    ``grid``, saves example pictures; returns the rows. ``plain``: as for :func:`scores`."""
     pairs = cases(count, 2)
     t0 = time.perf_counter()
-    plain, plain_images, ratios = [], [], []
-    for case in tqdm(pairs, desc="plain (observe reads its maps)"):
-        image, result = draw(pipe, case, [Observe(words=case.words)], steps, cfg)
-        plain.append(judge(image, case))
-        plain_images.append(image)
-        ratios += localisation(result.report["observe"].maps, case, image)
+    drawn = _plain(pipe, count, steps, cfg, plain)
+    plain, plain_images, ratios = drawn.outcomes, drawn.images, drawn.ratios
     methods = {
         "attend_excite": lambda c: [AttendExcite(words=c.words)],
         "a_star": lambda c: [AStar(words=c.words)],
@@ -173,8 +196,8 @@ def effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, grid: str
 def edit_effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, null_iterations: int = 10,
                  log: str | None = None, seed: int = 0):
     """DPL + Prompt-to-Prompt against Prompt-to-Prompt alone (both after null-text inversion) on ``count`` edits of
-    rendered two-shape pictures (drawn from ``seed``): ``(rows, examples)``. With ``log``, each edit's outcome is appended to that file as
-    one JSON line as soon as it is measured."""
+    rendered two-shape pictures (drawn from ``seed``): ``(rows, examples)``. With ``log``, each edit's outcome is
+    appended to that file as one JSON line as soon as it is measured."""
     import json
 
     from PIL import Image

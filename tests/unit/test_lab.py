@@ -224,3 +224,17 @@ def test_edit_cases_change_one_shape_and_measure_only_outside_it():
     assert outside_psnr(picture, spoiled, case) < 10
     median, low, high = bootstrap_median(list(np.linspace(1, 5, 101)))
     assert median == 3.0 and low < 3.0 < high
+
+
+def test_the_plain_draws_are_shared_only_when_they_match(monkeypatch):
+    """scores and effects take the plain model's two-object draws once; other settings draw them again."""
+    from attnkit.lab import effects
+
+    drawn = []
+    monkeypatch.setattr(effects, "plain_pairs", lambda pipe, count, steps, cfg: drawn.append((count, steps, cfg)))
+    made = effects.Plain(20, 7.5, [object()] * 3, [None] * 3, [])
+    assert effects._plain(None, 3, 20, 7.5, made) is made and drawn == []
+    effects._plain(None, 3, 10, 7.5, made)
+    effects._plain(None, 4, 20, 7.5, made)
+    effects._plain(None, 3, 20, 7.5, None)
+    assert drawn == [(3, 10, 7.5), (4, 20, 7.5), (3, 20, 7.5)]
