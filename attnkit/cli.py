@@ -117,13 +117,16 @@ def _parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="train the shapes model of attnkit's lab (CPU hours; resumable)")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)
-    tr = lab_sub.add_parser("train", help="train or go on training: the autoencoder, then the UNet and text encoder")
+    tr = lab_sub.add_parser("train", help="train or go on training: the autoencoder, then the UNet and text encoder, "
+                                                 "then their grounding")
     tr.add_argument("--out", default="~/.cache/attnkit-lab/shapes",
                     help="the run folder (checkpoint.pt, log.jsonl); an existing run resumes where it stopped")
     tr.add_argument("--steps", type=int, default=None, help="stop after this many steps (this call; resumable)")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     tr.add_argument("--vae-steps", type=int, default=None, help="autoencoder steps of a new run (1000)")
     tr.add_argument("--unet-steps", type=int, default=None, help="UNet steps of a new run (4500)")
+    tr.add_argument("--ground-steps", type=int, default=None,
+                    help="grounding steps of a new run (1500): the UNet's word maps pulled onto their objects")
     tr.add_argument("--batch", type=int, default=None, help="pictures per step of a new run (32)")
     ex = lab_sub.add_parser("export", help="save a training run's model as one file (what attnkit ships as 'shapes')")
     ex.add_argument("--run", default="~/.cache/attnkit-lab/shapes", help="the run folder")
@@ -140,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "effects":
             ev.add_argument("--edits", type=int, default=200, help="edits of real pictures measured (DPL vs P2P)")
             ev.add_argument("--grid", default="effects.png", help="where to save the example grid")
+            ev.add_argument("--workers", type=int, default=1,
+                            help="processes sharing the edits, one torch thread each (2 on 2 cores: half the time)")
+            ev.add_argument("--log", help="append each edit's outcome to this JSON-lines file as it is measured")
     return parser
 
 
@@ -452,13 +458,14 @@ def _lab(args) -> int:
             raise AttnKitError(f"{run} is still training its autoencoder (step {trainer.step}); export after the "
                                "UNet has trained")
         size = save(trainer.pipeline(), args.out)
-        print(f"saved {args.out} ({size / 2**20:.1f} MiB): stage {trainer.stage}, step {trainer.step}")
+        where = "trained to the end" if trainer.stage == "done" else f"stage {trainer.stage}, step {trainer.step}"
+        print(f"saved {args.out} ({size / 2**20:.1f} MiB): {where}")
         return 0
     if args.lab_command != "train":
         from .lab.effects import effects, load, print_scores, scores
 
-        if args.pairs < 1 or args.steps < 1 or getattr(args, "edits", 1) < 0:
-            raise AttnKitError("--pairs and --steps must be at least 1, --edits at least 0")
+        if args.pairs < 1 or args.steps < 1 or getattr(args, "edits", 1) < 0 or getattr(args, "workers", 1) < 1:
+            raise AttnKitError("--pairs, --steps and --workers must be at least 1, --edits at least 0")
         if args.model and args.run:
             raise AttnKitError("give --model or --run, not both")
         run = str(Path(args.run).expanduser()) if args.run else None
@@ -470,7 +477,8 @@ def _lab(args) -> int:
         if args.lab_command == "eval":
             print_scores(scores(pipe, args.pairs, args.steps, args.cfg))
         else:
-            effects(pipe, args.pairs, args.steps, args.cfg, args.grid, edits=args.edits)
+            effects(pipe, args.pairs, args.steps, args.cfg, args.grid, edits=args.edits, workers=args.workers,
+                    log=args.log)
         return 0
     import dataclasses
 
@@ -481,7 +489,8 @@ def _lab(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    given = {"vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "batch": args.batch}
+    given = {"vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "ground_steps": args.ground_steps,
+             "batch": args.batch}
     given = {k: v for k, v in given.items() if v is not None}
     for name, value in given.items():
         if value < 1:
@@ -489,8 +498,8 @@ def _lab(args) -> int:
     folder = Path(args.out).expanduser()
     resuming = (folder / "checkpoint.pt").is_file()
     if resuming and given:
-        raise AttnKitError(f"{folder} holds a run already: resume it without --vae-steps/--unet-steps/--batch, or "
-                           "give another --out")
+        raise AttnKitError(f"{folder} holds a run already: resume it without --vae-steps/--unet-steps/"
+                           "--ground-steps/--batch, or give another --out")
     trainer = Trainer(folder, dataclasses.replace(TrainConfig(), **given))
     print(f"{'resuming' if resuming else 'starting'} {folder}: stage {trainer.stage}, step {trainer.step}")
     bars: dict[str, tqdm] = {}
@@ -501,7 +510,7 @@ def _lab(args) -> int:
             bars[stage] = tqdm(total=record["total"], initial=record["step"] - 1, desc=f"lab {stage}", unit="step")
         bar = bars[stage]
         bar.update(record["step"] - bar.n)
-        bar.set_postfix_str(" ".join(f"{k} {record[k]:.4g}" for k in ("loss", "psnr") if k in record))
+        bar.set_postfix_str(" ".join(f"{k} {record[k]:.4g}" for k in ("loss", "psnr", "grounding") if k in record))
 
     try:
         trainer.run(on_log=on_log, max_steps=args.steps)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attnkit.lab.detector import detect, shows
-from attnkit.lab.world import HELD_OUT, OBJECTS, WORDS, held_out, random_scene, render
+from attnkit.lab.world import HELD_OUT, OBJECTS, WORDS, held_out, masks, random_scene, render
 
 
 def test_the_detector_reads_every_rendered_scene():
@@ -52,16 +52,16 @@ def test_the_model_reads_maps_where_the_methods_do():
 def test_training_resumes_exactly_where_it_stopped(tmp_path):
     from attnkit.lab.train import TrainConfig, Trainer
 
-    config = TrainConfig(vae_steps=2, unet_steps=2, batch=4, save_every=1)
+    config = TrainConfig(vae_steps=2, unet_steps=2, ground_steps=2, batch=4, save_every=1)
     straight = Trainer(tmp_path / "a", config)
-    straight.run(max_steps=5)  # 2 autoencoder steps, the stage change, 2 UNet steps
+    straight.run(max_steps=10)  # 2 autoencoder steps, 2 UNet steps, 2 grounding steps (and the stage changes)
     first = Trainer(tmp_path / "b", config)
-    first.run(max_steps=3)
+    first.run(max_steps=5)  # stops in the grounding stage
     with open(tmp_path / "b" / "log.jsonl", "a") as f:  # a step logged by a process killed before its next save
-        f.write('{"loss": 9.0, "stage": "unet", "step": 2, "total": 2, "s": 1.0}\n')
+        f.write('{"loss": 9.0, "stage": "ground", "step": 2, "total": 2, "s": 1.0}\n')
     resumed = Trainer(tmp_path / "b")  # a new process would do the same: it reads the checkpoint
-    assert (resumed.stage, resumed.step) == ("unet", 1)
-    resumed.run(max_steps=5)
+    assert (resumed.stage, resumed.step) == ("ground", 1)
+    resumed.run(max_steps=10)
     assert straight.stage == resumed.stage == "done"
     for name in ("vae", "unet", "text_encoder"):
         a, b = getattr(straight.pipe, name).state_dict(), getattr(resumed.pipe, name).state_dict()
@@ -73,11 +73,63 @@ def test_training_resumes_exactly_where_it_stopped(tmp_path):
         return [{k: v for k, v in json.loads(line).items() if k != "s"}
                 for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
 
-    assert len(log("a")) == 4 and log("b") == log("a")  # each step logged once, with the same loss, as in one go
+    assert len(log("a")) == 6 and log("b") == log("a")  # each step logged once, with the same loss, as in one go
+    assert [r["stage"] for r in log("a")] == ["vae"] * 2 + ["unet"] * 2 + ["ground"] * 2
+    assert all(("grounding" in r) == (r["stage"] == "ground") for r in log("a"))
     finished = Trainer(tmp_path / "b")  # a finished run loads (to export it) with its moving averages
     assert finished.stage == "done" and finished.ema is not None
     torch.testing.assert_close(finished.pipeline().unet.state_dict(), resumed.pipeline().unet.state_dict(), rtol=0,
                                atol=0)
+
+
+def test_grounding_targets_sit_on_each_objects_colour_and_shape_tokens():
+    from attnkit.lab.train import grounding_targets
+    from attnkit.models import clip_tokenizer
+
+    tok = clip_tokenizer()
+    rng = np.random.default_rng(2)
+    scene, single = random_scene(rng, 2), random_scene(rng, 1)
+    targets = grounding_targets([scene, single, scene], [True, True, False], 16)
+    assert targets.shape == (3, 77, 256)
+    for b, drawn in enumerate((scene, single)):
+        ids = tok(drawn.caption, padding="max_length", max_length=77)["input_ids"]
+        grounded = [i for i in range(77) if targets[b, i].sum() > 0]
+        words = [tok.decode([ids[i]]).strip() for i in grounded]
+        assert words == [w for t in drawn.things for w in (t.colour, t.shape)]
+        for k, area in enumerate(masks(drawn)):  # each cell holds the share of it the object covers
+            assert abs(float(targets[b, grounded[2 * k]].sum()) - area.sum() / 16) < 1e-3
+            assert torch.equal(targets[b, grounded[2 * k]], targets[b, grounded[2 * k + 1]])
+    assert targets[2].abs().sum() == 0  # an empty caption (dropped for guidance) grounds nothing
+
+
+def test_kept_cross_attention_is_diffusers_attention_and_its_loss_reads_the_object():
+    from attnkit.lab.model import build
+    from attnkit.lab.train import _KeptCrossAttention, grounding_loss, grounding_targets
+
+    pipe = build(seed=1)
+    rng = np.random.default_rng(0)
+    drawn = [random_scene(rng, 2), random_scene(rng, 1)]
+    ids = pipe.tokenizer([s.caption for s in drawn], padding="max_length", max_length=77, return_tensors="pt")
+    latents, t = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500])
+    with torch.no_grad():
+        text = pipe.text_encoder(ids.input_ids)[0]
+        plain = pipe.unet(latents, t, encoder_hidden_states=text).sample
+        kept: list = []
+        layers = [m for n, m in pipe.unet.named_modules() if n.endswith("attn2")]
+        for layer in layers:
+            layer.set_processor(_KeptCrossAttention(kept))
+        grounded = pipe.unet(latents, t, encoder_hidden_states=text).sample
+    torch.testing.assert_close(grounded, plain, rtol=1e-4, atol=1e-5)
+    assert len(kept) == len(layers) and {k.shape[1] for k in kept} == {256, 64}
+    for probs in kept:
+        torch.testing.assert_close(probs.sum(dim=-1), torch.ones(probs.shape[:2]))
+    # the loss: 0 when each word's attention lies inside its object, near 1 when it lies off every object
+    on = [(grounding_targets(drawn, [True, True], 16) == 1).float().transpose(1, 2) + 1e-9]
+    off = [(grounding_targets(drawn, [True, True], 16).sum(dim=1, keepdim=True) == 0).float().expand(-1, 77, -1)
+           .transpose(1, 2)]
+    assert float(grounding_loss(on, drawn, [True, True])) < 1e-6
+    assert float(grounding_loss(off, drawn, [True, True])) > 0.99
+    assert float(grounding_loss(kept, drawn, [True, True])) > 0.3  # an untrained model's maps are spread
 
 
 def test_reading_a_run_that_trains_leaves_its_log_alone(tmp_path, capsys):
@@ -194,6 +246,8 @@ def test_lab_eval_from_the_command_line(tmp_path, capsys):
     assert "one object right" in capsys.readouterr().out
     assert main(["lab", "eval", "--run", str(tmp_path / "nothing")]) == 2
     assert "no training run in" in capsys.readouterr().err
+    assert main(["lab", "effects", "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
 
 
 def test_edit_cases_change_one_shape_and_measure_only_outside_it():
@@ -238,3 +292,29 @@ def test_the_plain_draws_are_shared_only_when_they_match(monkeypatch):
     effects._plain(None, 4, 20, 7.5, made)
     effects._plain(None, 3, 20, 7.5, None)
     assert drawn == [(3, 10, 7.5), (4, 20, 7.5), (3, 20, 7.5)]
+
+
+def test_edits_shared_among_workers_measure_what_one_process_does(tmp_path):
+    """``--workers 2`` hands the pipeline to two spawned processes; each edit is seeded by its own case, so the
+    outcomes and the log are those of one process, in the cases' order."""
+    import json
+
+    from attnkit.lab.effects import edit_effects
+    from attnkit.lab.model import build
+
+    pipe = build(seed=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker runs
+    try:
+        one, _ = edit_effects(pipe, 3, steps=2, null_iterations=1, log=str(tmp_path / "one.jsonl"))
+    finally:
+        torch.set_num_threads(threads)
+    two, examples = edit_effects(pipe, 3, steps=2, null_iterations=1, log=str(tmp_path / "two.jsonl"), workers=2)
+    assert [(r.before, r.after, r.pairs) for r in one] == [(r.before, r.after, r.pairs) for r in two]
+
+    def records(name):
+        return sorted((json.loads(line) for line in (tmp_path / name).read_text().splitlines()),
+                      key=lambda r: r["edit"])
+
+    assert records("one.jsonl") == records("two.jsonl") and [r["edit"] for r in records("two.jsonl")] == [0, 1, 2]
+    assert len(examples) == 3 and all(before.size == after.size for *_, before, after in examples)
