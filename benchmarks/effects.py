@@ -4,6 +4,7 @@
     python benchmarks/effects.py --run ~/.cache/attnkit-lab/shapes     # a training run's current weights
     python benchmarks/effects.py --model shapes.safetensors            # a saved shapes model
     python benchmarks/effects.py --pairs 40 --edits 20 --steps 10      # a quicker, wider-interval look
+    python benchmarks/effects.py --workers 2 --log edits.jsonl         # the edits in two processes, logged
 
 The model's own scores (one object and two objects right, held-out pairs apart, neglect, binding errors, observe's
 localisation), then, for each method, the paper's own quality axis on ``--pairs`` two-object prompt-seed pairs (an
@@ -43,11 +44,17 @@ def main(argv=None) -> int:
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--grid", default="effects.png")
     parser.add_argument("--markdown", help="also write the effects table as Markdown to this file")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes sharing the edits, one torch thread each (2 on 2 cores: half the time)")
+    parser.add_argument("--log", help="append each edit's outcome to this JSON-lines file as it is measured")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     pipe = load(args.model, args.run)
     plain = plain_pairs(pipe, args.pairs, args.steps, args.cfg)  # drawn once for the scores and the effects
     print_scores(scores(pipe, args.pairs, args.steps, args.cfg, plain=plain))
-    rows = effects(pipe, args.pairs, args.steps, args.cfg, args.grid, edits=args.edits, plain=plain)
+    rows = effects(pipe, args.pairs, args.steps, args.cfg, args.grid, edits=args.edits, plain=plain,
+                   workers=args.workers, log=args.log)
     if args.markdown:
         Path(args.markdown).write_text(table(rows, markdown=True) + "\n", encoding="utf-8")
         print(f"saved {args.markdown}")

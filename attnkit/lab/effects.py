@@ -139,13 +139,15 @@ def _paired(method, axis, before, after, baseline="plain", unit="%") -> Row:
 
 
 def effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, grid: str | None = None, edits: int = 200,
-            null_iterations: int = 10, plain: Plain | None = None) -> list[Row]:
+            null_iterations: int = 10, plain: Plain | None = None, workers: int = 1,
+            log: str | None = None) -> list[Row]:
     """Each method against its baseline on the same prompts and seeds, on the paper's own axis: Attend-and-Excite
     and A-STAR (both shapes present) and structured (both shapes, right colours) against the plain model on
     ``count`` two-object pairs; observe's localisation on the plain pictures; DPL + Prompt-to-Prompt against
     Prompt-to-Prompt alone on ``edits`` edits of rendered pictures (edit success, PSNR outside the edited object;
     null-text inversion capped at ``null_iterations`` updates per step for both). Prints the table and, with
-    ``grid``, saves example pictures; returns the rows. ``plain``: as for :func:`scores`."""
+    ``grid``, saves example pictures; returns the rows. ``plain``: as for :func:`scores`. ``workers``: processes
+    that share the edits, ``log``: their JSON-lines log (:func:`edit_effects`)."""
     pairs = cases(count, 2)
     t0 = time.perf_counter()
     drawn = _plain(pipe, count, steps, cfg, plain)
@@ -175,7 +177,8 @@ def effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, grid: str
     held = sum(c.held_out for c in pairs)
     print(f"\nshapes model: {len(pairs)} two-object prompt-seed pairs ({held} held out), {steps} steps, CFG {cfg:g}")
     if edits:
-        edit_rows, edit_examples = edit_effects(pipe, edits, steps, cfg, null_iterations)
+        edit_rows, edit_examples = edit_effects(pipe, edits, steps, cfg, null_iterations,
+                                                   log=log, workers=workers)
         rows += edit_rows
         examples += edit_examples
     print(f"{time.perf_counter() - t0:.0f} s\n")
@@ -194,38 +197,29 @@ def effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, grid: str
 
 
 def edit_effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, null_iterations: int = 10,
-                 log: str | None = None, seed: int = 0):
+                 log: str | None = None, seed: int = 0, workers: int = 1):
     """DPL + Prompt-to-Prompt against Prompt-to-Prompt alone (both after null-text inversion) on ``count`` edits of
     rendered two-shape pictures (drawn from ``seed``): ``(rows, examples)``. With ``log``, each edit's outcome is
-    appended to that file as one JSON line as soon as it is measured."""
-    import json
-
-    from PIL import Image
-
-    from ..editing import edit
-    from .world import render
-
+    appended to that file as one JSON line as soon as it is measured. ``workers`` > 1: the edits are shared among that
+    many processes of one torch thread each (every edit is seeded by its own case, so the outcomes are the ones one
+    process measures)."""
     jobs = edit_cases(count, seed)
-    done = {"p2p": [], "dpl + p2p": []}
-    kept = {"p2p": [], "dpl + p2p": []}
-    examples = []
-    for i, case in enumerate(tqdm(jobs, desc="edits (p2p, dpl + p2p)")):
-        source = Image.fromarray(render(case.scene))
-        pictures = {}
-        for name, words in (("p2p", None), ("dpl + p2p", case.words)):
-            result = edit(pipe, source, case.source_prompt, case.target_prompt, words=words, seed=case.seed,
-                          num_inference_steps=steps, guidance_scale=cfg, null_iterations=null_iterations)
-            pictures[name] = result.images[0]
-            done[name].append(sorted(f.name for f in detect(result.images[0])) == sorted(case.names))
-            kept[name].append(outside_psnr(source, result.images[0], case))
-        if log:
-            with open(log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"edit": i, "source": case.source_prompt, "target": case.target_prompt,
-                                    "held_out": case.held_out, **{f"{n} success": done[n][-1] for n in done},
-                                    **{f"{n} psnr": kept[n][-1] for n in kept}}) + "\n")
-        if i < 4:
-            examples.append(("dpl + p2p", f"{case.source_prompt} -> {case.target_prompt}", pictures["p2p"],
-                             pictures["dpl + p2p"]))
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        shares = [list(range(len(jobs)))[k::workers] for k in range(workers)]
+        context = multiprocessing.get_context("spawn")  # a forked torch can hang in its thread pool
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(_edit_share, pipe, [jobs[i] for i in share], share, steps, cfg, null_iterations,
+                                   log, k) for k, share in enumerate(shares) if share]
+            measured = sorted((m for f in futures for m in f.result()), key=lambda m: m["edit"])
+    else:
+        measured = _edit_share(pipe, jobs, list(range(len(jobs))), steps, cfg, null_iterations, log, None)
+    done = {name: [m[f"{name} success"] for m in measured] for name in ("p2p", "dpl + p2p")}
+    kept = {name: [m[f"{name} psnr"] for m in measured] for name in ("p2p", "dpl + p2p")}
+    examples = [("dpl + p2p", f"{m['source']} -> {m['target']}", m["pictures"]["p2p"], m["pictures"]["dpl + p2p"])
+                for m in measured[:4]]
     held = sum(c.held_out for c in jobs)
     print(f"edits: {len(jobs)} rendered pictures ({held} edited into held-out pairs), {steps} DDIM steps, "
           f"CFG {cfg:g}, null-text {null_iterations} updates per step")
@@ -233,6 +227,40 @@ def edit_effects(pipe, count: int = 200, steps: int = 20, cfg: float = 7.5, null
             _paired("dpl + p2p", "PSNR outside the object", kept["p2p"], kept["dpl + p2p"], baseline="p2p",
                     unit=" dB")]
     return rows, examples
+
+
+def _edit_share(pipe, jobs, numbers, steps, cfg, null_iterations, log, worker) -> list[dict]:
+    """Edits ``jobs`` (numbered ``numbers``) with P2P and with DPL + P2P: one record per edit (the pictures of the
+    first four kept). ``worker``: this process's place among the workers (one torch thread), ``None`` in-process."""
+    import json
+
+    from PIL import Image
+
+    from ..editing import edit
+    from .world import render
+
+    if worker is not None:
+        import torch
+
+        torch.set_num_threads(1)
+    measured = []
+    bar = tqdm(list(zip(numbers, jobs)), desc="edits (p2p, dpl + p2p)" + (f" {worker + 1}" if worker is not None
+                                                                           else ""), position=worker)
+    for i, case in bar:
+        source = Image.fromarray(render(case.scene))
+        record = {"edit": i, "source": case.source_prompt, "target": case.target_prompt, "held_out": case.held_out}
+        pictures = {}
+        for name, words in (("p2p", None), ("dpl + p2p", case.words)):
+            result = edit(pipe, source, case.source_prompt, case.target_prompt, words=words, seed=case.seed,
+                          num_inference_steps=steps, guidance_scale=cfg, null_iterations=null_iterations)
+            pictures[name] = result.images[0]
+            record[f"{name} success"] = sorted(f.name for f in detect(result.images[0])) == sorted(case.names)
+            record[f"{name} psnr"] = outside_psnr(source, result.images[0], case)
+        if log:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        measured.append({**record, "pictures": pictures if i < 4 else {}})
+    return measured
 
 
 def print_scores(found: dict) -> None:
