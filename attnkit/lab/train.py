@@ -67,8 +67,13 @@ def scenes(config: TrainConfig, stage: str, step: int) -> list[Scene]:
 def batch(config: TrainConfig, stage: str, step: int) -> tuple[torch.Tensor, list[str]]:
     """``(B, 3, 64, 64)`` pictures in [-1, 1] and their captions, the same for the same ``(seed, stage, step)``."""
     drawn = scenes(config, stage, step)
+    return pictures_of(drawn), [s.caption for s in drawn]
+
+
+def pictures_of(drawn: list[Scene]) -> torch.Tensor:
+    """``(B, 3, 64, 64)`` renderings of ``drawn`` in [-1, 1]."""
     pictures = np.stack([render(s) for s in drawn]).astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(pictures).permute(0, 3, 1, 2), [s.caption for s in drawn]
+    return torch.from_numpy(pictures).permute(0, 3, 1, 2)
 
 
 def grounding_targets(drawn: list[Scene], kept: list[bool], size: int) -> torch.Tensor:
@@ -254,8 +259,7 @@ class Trainer:
         else:
             lr = self._set_lr(config.unet_lr, config.unet_steps)
         drawn = scenes(config, self.stage, self.step)
-        pictures = torch.from_numpy(np.stack([render(s) for s in drawn]).astype(np.float32) / 127.5 - 1.0)
-        pictures = pictures.permute(0, 3, 1, 2)
+        pictures = pictures_of(drawn)
         rng = np.random.default_rng([config.seed, 7 if not ground else 8, self.step])
         empty = [bool(rng.random() < config.empty_caption) for _ in drawn]
         captions = ["" if e else s.caption for s, e in zip(drawn, empty)]
